@@ -1,0 +1,52 @@
+"""graft_tx: graft's RAFT leader election for Twisted.
+
+The public API is re-exported here; L{graft_tx.testing} (the in-memory
+network) is imported on its own.
+"""
+
+from graft_tx.cluster import ClusterInfo, State, StateChange, Timing, quorum
+from graft_tx.errors import (
+    ClusterNameError,
+    ClusterSizeError,
+    GraftError,
+    HandlerError,
+    HandlerRequiredError,
+    LogAccessError,
+    LogCorruptError,
+    LogRequiredError,
+    MessageError,
+    NodeIdError,
+    RpcRequiredError,
+    TimingError,
+)
+from graft_tx.handlers import QueueHandler
+from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse
+from graft_tx.node import Node, new
+from graft_tx.service import GraftService
+
+__all__ = [
+    "ClusterInfo",
+    "ClusterNameError",
+    "ClusterSizeError",
+    "GraftError",
+    "GraftService",
+    "HandlerError",
+    "HandlerRequiredError",
+    "Heartbeat",
+    "LogAccessError",
+    "LogCorruptError",
+    "LogRequiredError",
+    "MessageError",
+    "Node",
+    "NodeIdError",
+    "QueueHandler",
+    "RpcRequiredError",
+    "State",
+    "StateChange",
+    "Timing",
+    "TimingError",
+    "VoteRequest",
+    "VoteResponse",
+    "new",
+    "quorum",
+]

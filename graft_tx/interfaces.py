@@ -1,0 +1,153 @@
+"""The seams of graft_tx: transports, handlers, and the node as transports see it.
+
+Data flows one way: a transport decodes a message and hands it to the node
+through L{IElectionNode}; the node decides and sends through L{IRpc}; the
+node's handlers hear about the outcome on a later reactor turn.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+from graft_tx.cluster import State
+from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse
+
+
+class IElectionNode(Interface):
+    """What a transport may see of a node: who it is and where to deliver.
+
+    The C{handle_*} methods must be called on the reactor thread. They never
+    raise for a well-formed message; they may send replies through the rpc
+    before they return.
+    """
+
+    id = Attribute("This node's id (str, unique within the cluster).")
+    cluster_info = Attribute("The node's L{graft_tx.ClusterInfo}.")
+
+    def handle_vote_request(req: VoteRequest) -> None:
+        """
+        Deliver a candidate's vote request.
+
+        @param req: the request.
+        @type req: L{graft_tx.messages.VoteRequest}
+        """
+
+    def handle_vote_response(resp: VoteResponse) -> None:
+        """
+        Deliver a voter's answer to one of this node's vote requests.
+
+        @param resp: the answer.
+        @type resp: L{graft_tx.messages.VoteResponse}
+        """
+
+    def handle_heartbeat(hb: Heartbeat) -> None:
+        """
+        Deliver a leader's heartbeat.
+
+        @param hb: the heartbeat.
+        @type hb: L{graft_tx.messages.Heartbeat}
+        """
+
+
+class IRpc(Interface):
+    """A transport that carries one node's messages to its cluster's peers.
+
+    Sends are fire-and-forget: the election tolerates lost messages, so a
+    transport drops what it cannot deliver rather than queueing it. No method
+    may call back into the node synchronously; inbound messages arrive on a
+    later reactor turn.
+    """
+
+    def init(node: IElectionNode) -> None:
+        """
+        Attach the transport to C{node} and start receiving for it.
+
+        Called once, by L{graft_tx.new}, before the node's timers start. Raise
+        to refuse the node (for instance an id the transport cannot carry);
+        the node is then not started.
+
+        @param node: the node to deliver inbound messages to.
+        @type node: L{IElectionNode}
+        """
+
+    def close() -> Deferred[None] | None:
+        """
+        Stop receiving and sending for the node.
+
+        @return: L{None}, or a L{twisted.internet.defer.Deferred} that fires
+            once the transport has released everything it holds.
+        """
+
+    def request_vote(req: VoteRequest) -> None:
+        """
+        Send a vote request to every other node of the cluster.
+
+        @type req: L{graft_tx.messages.VoteRequest}
+        """
+
+    def heartbeat(hb: Heartbeat) -> None:
+        """
+        Send a heartbeat to every other node of the cluster.
+
+        @type hb: L{graft_tx.messages.Heartbeat}
+        """
+
+    def send_vote_response(candidate_id: str, resp: VoteResponse) -> None:
+        """
+        Send a vote response to one candidate.
+
+        @param candidate_id: the id of the candidate that asked.
+        @type candidate_id: L{str}
+        @type resp: L{graft_tx.messages.VoteResponse}
+        """
+
+
+class IStateHandler(Interface):
+    """Hears about a node's state changes and background errors.
+
+    Calls come on the reactor thread, on a later turn than the event itself,
+    in the order the events happened. A handler must not block; it may call
+    back into the node (even C{close()}). An exception it raises is logged
+    and otherwise ignored.
+    """
+
+    def state_changed(from_state: State, to_state: State) -> None:
+        """
+        The node moved from C{from_state} to C{to_state} (never equal).
+
+        @type from_state: L{graft_tx.State}
+        @type to_state: L{graft_tx.State}
+        """
+
+    def async_error(error: Exception) -> None:
+        """
+        Something failed in the background, such as writing the state file.
+
+        @type error: L{Exception}
+        """
+
+
+class IStateMachineHandler(IStateHandler):
+    """A handler that also takes part in vote decisions.
+
+    A handler that provides only L{IStateHandler} gets the default policy:
+    every vote that the election rules allow is granted.
+    """
+
+    def current_state() -> bytes:
+        """
+        This node's position, sent with its vote requests.
+
+        @rtype: L{bytes}
+        """
+
+    def grant_vote(position: bytes) -> bool:
+        """
+        Whether to vote for a candidate whose position is C{position}.
+
+        Asked only after the election rules allow the vote.
+
+        @type position: L{bytes}
+        @rtype: L{bool}
+        """

@@ -1,0 +1,162 @@
+"""Term and vote on disk, in Go graft's file format.
+
+The file holds C{{"SHA": <base64>, "Data": <base64>}}: Data is the JSON
+C{{"CurrentTerm": <int>, "VotedFor": "<id>"}} and SHA is the SHA-1 of those
+bytes. Old graft releases wrote the Data bytes followed by the SHA-1 of
+nothing in place of the digest; such files are read too.
+
+Unlike graft, writes go through a temporary file, fsync and an atomic
+rename, so a crash leaves the old state or the new one, never a torn file;
+and the file is kept when the node closes, so a restarted node remembers
+its vote.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+from graft_tx.errors import LogAccessError, LogCorruptError
+from graft_tx.messages import MAX_TERM
+
+_EMPTY_SHA1 = hashlib.sha1(b"").digest()
+
+
+@dataclass(frozen=True)
+class PersistentState:
+    """What a node must never forget: its term and its vote in that term."""
+
+    term: int = 0
+    voted_for: str = ""
+
+
+def encode_state(state: PersistentState) -> bytes:
+    """The file content for C{state}, byte for byte as Go graft writes it."""
+    data = json.dumps(
+        {"CurrentTerm": state.term, "VotedFor": state.voted_for},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode("utf-8")
+    envelope = {
+        "SHA": base64.b64encode(hashlib.sha1(data).digest()).decode("ascii"),
+        "Data": base64.b64encode(data).decode("ascii"),
+    }
+    return json.dumps(envelope, separators=(",", ":")).encode("ascii")
+
+
+def _field(obj: dict[str, object], name: str) -> object:
+    # Go's encoding/json matches keys without regard to case.
+    for key, value in obj.items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+def _b64(value: object, what: str, path: str) -> bytes:
+    if not isinstance(value, str):
+        raise LogCorruptError(path, f"{what} is missing or not a string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise LogCorruptError(path, f"{what} is not valid base64") from None
+
+
+def decode_state(content: bytes, path: str) -> PersistentState | None:
+    """Parse a state file's content; L{None} for an empty file.
+
+    @raise LogCorruptError: the content is not a state that graft or
+        graft_tx wrote, or its digest does not match.
+    """
+    if not content:
+        return None
+    try:
+        envelope = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        raise LogCorruptError(path, "not a JSON document") from None
+    if not isinstance(envelope, dict):
+        raise LogCorruptError(path, "not a JSON object")
+    digest = _b64(_field(envelope, "SHA"), "SHA", path)
+    data = _b64(_field(envelope, "Data"), "Data", path)
+    if digest != hashlib.sha1(data).digest() and digest != data + _EMPTY_SHA1:
+        raise LogCorruptError(path, "the SHA-1 digest does not match the data")
+    try:
+        fields = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise LogCorruptError(path, "Data is not a JSON document") from None
+    if not isinstance(fields, dict):
+        raise LogCorruptError(path, "Data is not a JSON object")
+    term = _field(fields, "CurrentTerm")
+    vote = _field(fields, "VotedFor")
+    if term is None:
+        term = 0
+    if vote is None:
+        vote = ""
+    if isinstance(term, bool) or not isinstance(term, int) or not 0 <= term <= MAX_TERM:
+        raise LogCorruptError(path, f"CurrentTerm {term!r} is not a term")
+    if not isinstance(vote, str):
+        raise LogCorruptError(path, f"VotedFor {vote!r} is not a node id")
+    return PersistentState(term, vote)
+
+
+class StateFile:
+    """One node's state file: read once at start, rewritten on every change."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def load(self) -> PersistentState:
+        """Read the saved state, creating an empty file if there is none.
+
+        @raise LogCorruptError: the file's content cannot be trusted.
+        @raise LogAccessError: the file cannot be read or created.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o660)
+        except OSError as e:
+            raise LogAccessError(self.path, "open", e) from e
+        try:
+            with os.fdopen(fd, "rb") as f:
+                content = f.read()
+        except OSError as e:
+            raise LogAccessError(self.path, "read", e) from e
+        return decode_state(content, self.path) or PersistentState()
+
+    def save(self, state: PersistentState) -> None:
+        """Replace the saved state atomically and durably.
+
+        @raise LogAccessError: nothing was written; the old state stands.
+        """
+        tmp = f"{self.path}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o660)
+            try:
+                content = memoryview(encode_state(state))
+                while content:
+                    content = content[os.write(fd, content) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        except OSError as e:
+            _remove_quietly(tmp)
+            raise LogAccessError(self.path, "write", e) from e
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+def _fsync_dir(directory: str) -> None:
+    # The rename is durable only once the directory entry is.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,46 @@
+"""Fixtures shared by the whole suite.
+
+Every test fails if anything was logged at error level or above, unless it
+takes the C{logged_errors} fixture and so says that it expects (and checks)
+such events: swallowed failures cannot hide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
+
+
+class LoggedErrors(list[LogEvent]):
+    """The error events logged during one test."""
+
+    def messages(self) -> list[str]:
+        return [formatEvent(event) for event in self]
+
+
+@pytest.fixture
+def logged_errors() -> LoggedErrors:
+    """Take this fixture in a test that expects errors to be logged."""
+    return LoggedErrors()
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_logged_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    expected = "logged_errors" in request.fixturenames
+    captured: LoggedErrors = (
+        request.getfixturevalue("logged_errors") if expected else LoggedErrors()
+    )
+
+    def observe(event: LogEvent) -> None:
+        if event.get("log_level", LogLevel.info) >= LogLevel.error:
+            captured.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    if captured and not expected:
+        pytest.fail("unexpected errors logged:\n" + "\n".join(captured.messages()))

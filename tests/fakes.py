@@ -1,0 +1,94 @@
+"""Test doubles shared by the test modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from zope.interface import implementer
+
+from graft_tx import Heartbeat, State, StateChange, VoteRequest, VoteResponse
+from graft_tx.interfaces import IElectionNode, IRpc, IStateHandler, IStateMachineHandler
+
+
+@implementer(IRpc)
+class RecordingRpc:
+    """An rpc that records what the node sends and delivers nothing.
+
+    Tests play the peers by calling the node's handle_* methods directly.
+    Set C{fail_init} or C{fail_send} to make the transport raise.
+    """
+
+    def __init__(self) -> None:
+        self.node: IElectionNode | None = None
+        self.closed = False
+        self.vote_requests: list[VoteRequest] = []
+        self.heartbeats: list[Heartbeat] = []
+        self.vote_responses: list[tuple[str, VoteResponse]] = []
+        self.fail_init: Exception | None = None
+        self.fail_send: Exception | None = None
+
+    def init(self, node: IElectionNode) -> None:
+        if self.fail_init is not None:
+            raise self.fail_init
+        self.node = node
+
+    def close(self) -> None:
+        self.closed = True
+
+    def request_vote(self, req: VoteRequest) -> None:
+        if self.fail_send is not None:
+            raise self.fail_send
+        self.vote_requests.append(req)
+
+    def heartbeat(self, hb: Heartbeat) -> None:
+        if self.fail_send is not None:
+            raise self.fail_send
+        self.heartbeats.append(hb)
+
+    def send_vote_response(self, candidate_id: str, resp: VoteResponse) -> None:
+        if self.fail_send is not None:
+            raise self.fail_send
+        self.vote_responses.append((candidate_id, resp))
+
+    def last_response(self) -> VoteResponse:
+        return self.vote_responses[-1][1]
+
+
+@implementer(IStateHandler)
+class RecordingHandler:
+    """A plain IStateHandler (no vote policy) that records its calls."""
+
+    def __init__(self) -> None:
+        self.changes: list[StateChange] = []
+        self.errors: list[Exception] = []
+
+    def state_changed(self, from_state: State, to_state: State) -> None:
+        self.changes.append(StateChange(from_state, to_state))
+
+    def async_error(self, error: Exception) -> None:
+        self.errors.append(error)
+
+
+@implementer(IStateMachineHandler)
+@dataclass
+class PolicyHandler:
+    """An IStateMachineHandler with a settable position and vote policy."""
+
+    position: bytes = b""
+    grant: bool = True
+    asked: list[bytes] = field(default_factory=list)
+    changes: list[StateChange] = field(default_factory=list)
+    errors: list[Exception] = field(default_factory=list)
+
+    def state_changed(self, from_state: State, to_state: State) -> None:
+        self.changes.append(StateChange(from_state, to_state))
+
+    def async_error(self, error: Exception) -> None:
+        self.errors.append(error)
+
+    def current_state(self) -> bytes:
+        return self.position
+
+    def grant_vote(self, position: bytes) -> bool:
+        self.asked.append(position)
+        return self.grant
