@@ -29,7 +29,6 @@ setup(
     },
     classifiers=[
         "Framework :: Twisted",
-        "License :: OSI Approved :: MIT License",
         "Programming Language :: Python :: 3",
     ],
 )

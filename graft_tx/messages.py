@@ -22,11 +22,22 @@ def _check_term(term: object) -> None:
         raise MessageError(f"term must be between 0 and 2**64-1, not {term}")
 
 
-def _check_id(name: str, value: object, *, allow_empty: bool) -> None:
+def check_id(name: str, value: object, *, allow_empty: bool = False) -> None:
+    """Raise L{MessageError} unless C{value} is a node id that every part can carry."""
     if not isinstance(value, str):
         raise MessageError(f"{name} must be a str, not {value!r}")
     if not value and not allow_empty:
         raise MessageError(f"{name} must not be empty")
+    if not value.isprintable() or not _encodable(value):
+        raise MessageError(f"{name} must be printable UTF-8 text, not {value!r}")
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -39,7 +50,7 @@ class VoteRequest:
 
     def __post_init__(self) -> None:
         _check_term(self.term)
-        _check_id("candidate", self.candidate, allow_empty=False)
+        check_id("candidate", self.candidate, allow_empty=False)
         if not isinstance(self.current_state, bytes):
             raise MessageError(f"current_state must be bytes, not {self.current_state!r}")
 
@@ -57,7 +68,7 @@ class VoteResponse:
         _check_term(self.term)
         if not isinstance(self.granted, bool):
             raise MessageError(f"granted must be a bool, not {self.granted!r}")
-        _check_id("voter", self.voter, allow_empty=True)
+        check_id("voter", self.voter, allow_empty=True)
 
 
 @dataclass(frozen=True)
@@ -69,4 +80,4 @@ class Heartbeat:
 
     def __post_init__(self) -> None:
         _check_term(self.term)
-        _check_id("leader", self.leader, allow_empty=False)
+        check_id("leader", self.leader, allow_empty=False)

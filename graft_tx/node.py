@@ -30,12 +30,13 @@ from graft_tx.errors import (
     HandlerRequiredError,
     LogAccessError,
     LogRequiredError,
+    MessageError,
     NodeIdError,
     RpcRequiredError,
     TimingError,
 )
 from graft_tx.interfaces import IElectionNode, IRpc, IStateHandler, IStateMachineHandler
-from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse
+from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse, check_id
 from graft_tx.statefile import PersistentState, StateFile
 
 
@@ -446,8 +447,11 @@ def new(
         raise LogRequiredError("a path for the node's state file (log_path) is required")
     if node_id is None:
         node_id = _random_id()
-    elif not isinstance(node_id, str) or not node_id:
-        raise NodeIdError(f"node_id must be a non-empty string, not {node_id!r}")
+    else:
+        try:
+            check_id("node_id", node_id)
+        except MessageError as e:
+            raise NodeIdError(str(e)) from None
     if timing is None:
         timing = Timing()
     elif not isinstance(timing, Timing):

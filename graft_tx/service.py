@@ -6,7 +6,7 @@ import os
 import random
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from graft_tx.cluster import ClusterInfo, Timing
@@ -65,5 +65,7 @@ class GraftService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
-        assert self.node is not None
+        # MultiService stops every child, also one that never started.
+        if self.node is None:
+            return succeed(None)
         return self.node.close()

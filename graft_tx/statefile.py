@@ -25,6 +25,8 @@ from graft_tx.errors import LogAccessError, LogCorruptError
 from graft_tx.messages import MAX_TERM
 
 _EMPTY_SHA1 = hashlib.sha1(b"").digest()
+# Go's encoding/json escapes these even inside strings; so do we, byte for byte.
+_GO_ESCAPES = {ord(c): f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"}
 
 
 @dataclass(frozen=True)
@@ -37,11 +39,12 @@ class PersistentState:
 
 def encode_state(state: PersistentState) -> bytes:
     """The file content for C{state}, byte for byte as Go graft writes it."""
-    data = json.dumps(
+    text = json.dumps(
         {"CurrentTerm": state.term, "VotedFor": state.voted_for},
         separators=(",", ":"),
         ensure_ascii=False,
-    ).encode("utf-8")
+    )
+    data = text.translate(_GO_ESCAPES).encode("utf-8")
     envelope = {
         "SHA": base64.b64encode(hashlib.sha1(data).digest()).decode("ascii"),
         "Data": base64.b64encode(data).decode("ascii"),

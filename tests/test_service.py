@@ -1,0 +1,289 @@
+"""GraftService: a node as a Twisted service, on task.Clock and MemoryNetwork."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from fakes import RecordingHandler, RecordingRpc
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from graft_tx import (
+    ClusterInfo,
+    GraftService,
+    LogCorruptError,
+    QueueHandler,
+    State,
+    StateChange,
+)
+from graft_tx.testing import MemoryNetwork
+
+T = TypeVar("T")
+
+
+def result_of(d: Deferred[T]) -> T:
+    """The result of a Deferred that must already have fired successfully."""
+    results: list[T] = []
+    failures: list[object] = []
+    d.addCallbacks(results.append, failures.append)
+    assert not failures, failures
+    assert results, "the Deferred has not fired"
+    return results[0]
+
+
+def advance(clock: Clock, seconds: float, step: float = 0.01) -> None:
+    for _ in range(round(seconds / step)):
+        clock.advance(step)
+
+
+class SlowCloseRpc(RecordingRpc):
+    """A transport whose close() finishes only when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing: Deferred[None] = Deferred()
+
+    def close(self) -> Deferred[None]:  # type: ignore[override]
+        self.closed = True
+        return self.closing
+
+
+def test_init_does_nothing(tmp_path: Path) -> None:
+    """Building a GraftService creates no node, no file, no timer and no network member."""
+    clock = Clock()
+    network = MemoryNetwork(clock)
+    path = tmp_path / "state"
+    service = GraftService(
+        ClusterInfo("c", 3), QueueHandler(), network.rpc(), str(path), clock=clock
+    )
+    assert service.node is None
+    assert not service.running
+    assert not path.exists()
+    assert clock.getDelayedCalls() == []
+    assert network.node_ids == frozenset()
+    assert IService.providedBy(service)
+
+
+def test_start_creates_node(tmp_path: Path) -> None:
+    """startService creates and starts a FOLLOWER node with its election timer, and runs."""
+    clock = Clock()
+    network = MemoryNetwork(clock)
+    path = tmp_path / "state"
+    info = ClusterInfo("c", 3)
+    service = GraftService(info, QueueHandler(), network.rpc(), str(path), clock=clock, node_id="a")
+    service.startService()
+    assert service.running
+    node = service.node
+    assert node is not None
+    assert node.id == "a"
+    assert node.cluster_info == info
+    assert node.state is State.FOLLOWER
+    assert path.exists()
+    assert network.node_ids == frozenset({"a"})
+    assert len(clock.getDelayedCalls()) == 1
+    advance(clock, 1.0)
+    assert node.state is State.CANDIDATE
+    result_of(service.stopService())
+
+
+def test_stop_closes_node(tmp_path: Path) -> None:
+    """stopService returns a fired Deferred; the node is CLOSED and kept; the clock is empty."""
+    clock = Clock()
+    network = MemoryNetwork(clock)
+    handler = QueueHandler()
+    service = GraftService(
+        ClusterInfo("c", 1), handler, network.rpc(), str(tmp_path / "state"), clock=clock
+    )
+    service.startService()
+    advance(clock, 1.5)
+    node = service.node
+    assert node is not None
+    assert node.state is State.LEADER
+    d = service.stopService()
+    assert isinstance(d, Deferred)
+    assert result_of(d) is None
+    assert not service.running
+    assert service.node is node
+    assert node.state is State.CLOSED
+    assert clock.getDelayedCalls() == []
+    assert network.node_ids == frozenset()
+    # Closing emitted no state change.
+    changes = []
+    while handler.state_changes.pending:
+        changes.append(result_of(handler.state_changes.get()))
+    assert changes == [
+        StateChange(State.FOLLOWER, State.CANDIDATE),
+        StateChange(State.CANDIDATE, State.LEADER),
+    ]
+
+
+def test_stop_waits_for_transport(tmp_path: Path) -> None:
+    """The Deferred from stopService fires only once the transport has finished closing."""
+    clock = Clock()
+    rpc = SlowCloseRpc()
+    service = GraftService(
+        ClusterInfo("c", 3), RecordingHandler(), rpc, str(tmp_path / "state"), clock=clock
+    )
+    service.startService()
+    d = service.stopService()
+    assert rpc.closed
+    assert service.node is not None
+    assert service.node.state is State.CLOSED
+    assert not d.called
+    rpc.closing.callback(None)
+    assert result_of(d) is None
+
+
+def test_multiservice_elects_one_leader(tmp_path: Path) -> None:
+    """Three GraftServices of one cluster under a MultiService elect exactly one leader."""
+    clock = Clock()
+    network = MemoryNetwork(clock)
+    info = ClusterInfo("trio", 3)
+    parent = MultiService()
+    services = []
+    for name in ("a", "b", "c"):
+        service = GraftService(
+            info,
+            QueueHandler(),
+            network.rpc(),
+            str(tmp_path / f"{name}.state"),
+            clock=clock,
+            node_id=name,
+        )
+        service.setServiceParent(parent)
+        services.append(service)
+    assert all(s.node is None for s in services)
+    parent.startService()
+    assert all(s.running for s in services)
+    advance(clock, 2.0)
+    nodes = [s.node for s in services]
+    assert all(n is not None for n in nodes)
+    leaders = [n for n in nodes if n is not None and n.state is State.LEADER]
+    assert len(leaders) == 1
+    (leader,) = leaders
+    for n in nodes:
+        assert n is not None
+        assert n.leader == leader.id
+        assert n.current_term == leader.current_term
+        if n is not leader:
+            assert n.state is State.FOLLOWER
+
+    d = parent.stopService()
+    result_of(d)
+    assert all(not s.running for s in services)
+    assert all(n is not None and n.state is State.CLOSED for n in nodes)
+    assert clock.getDelayedCalls() == []
+    assert network.node_ids == frozenset()
+
+
+def test_start_fails_on_corrupt_state(tmp_path: Path) -> None:
+    """A corrupt state file makes startService raise; the service is not running, the file stays."""
+    clock = Clock()
+    path = tmp_path / "state"
+    content = b'{"SHA":"AAAA","Data":"e30="}'
+    path.write_bytes(content)
+    rpc = RecordingRpc()
+    service = GraftService(ClusterInfo("c", 3), RecordingHandler(), rpc, str(path), clock=clock)
+    with pytest.raises(LogCorruptError):
+        service.startService()
+    assert not service.running
+    assert service.node is None
+    assert rpc.node is None
+    assert clock.getDelayedCalls() == []
+    assert path.read_bytes() == content
+
+
+def test_start_fails_under_multiservice(tmp_path: Path) -> None:
+    """A corrupt state file makes the parent's startService raise; that child is not running."""
+    clock = Clock()
+    path = tmp_path / "state"
+    path.write_bytes(b"garbage")
+    parent = MultiService()
+    service = GraftService(
+        ClusterInfo("c", 3), RecordingHandler(), RecordingRpc(), str(path), clock=clock
+    )
+    service.setServiceParent(parent)
+    with pytest.raises(LogCorruptError):
+        parent.startService()
+    assert not service.running
+    assert path.read_bytes() == b"garbage"
+
+
+def test_restart_same_node(tmp_path: Path) -> None:
+    """A stopped service started again brings back a node with the same id, term and vote."""
+    clock = Clock()
+    network = MemoryNetwork(clock)
+    handler = QueueHandler()
+    service = GraftService(
+        ClusterInfo("solo", 1), handler, network.rpc(), str(tmp_path / "state"), clock=clock
+    )
+    service.startService()
+    advance(clock, 1.5)
+    first = service.node
+    assert first is not None
+    assert first.state is State.LEADER
+    term, node_id = first.current_term, first.id
+    assert term >= 1
+    result_of(service.stopService())
+
+    service.startService()
+    second = service.node
+    assert second is not None
+    assert second is not first
+    assert second.id == node_id
+    assert second.state is State.FOLLOWER
+    assert second.current_term == term
+    assert second.current_vote == node_id
+    advance(clock, 1.5)
+    assert second.state is State.LEADER
+    assert second.current_term == term + 1
+    result_of(service.stopService())
+    assert clock.getDelayedCalls() == []
+
+
+def test_stop_without_start_is_harmless(tmp_path: Path) -> None:
+    """stopService on a service that never started returns a fired Deferred and creates nothing."""
+    clock = Clock()
+    path = tmp_path / "state"
+    service = GraftService(
+        ClusterInfo("c", 3), RecordingHandler(), RecordingRpc(), str(path), clock=clock
+    )
+    d = service.stopService()
+    assert result_of(d) is None
+    assert service.node is None
+    assert not service.running
+    assert not path.exists()
+
+
+def test_multiservice_stops_after_failed_start(tmp_path: Path, logged_errors: list[object]) -> None:
+    """When one child cannot start, stopping the MultiService closes the others without errors."""
+    clock = Clock()
+    network = MemoryNetwork(clock)
+    info = ClusterInfo("c", 3)
+    parent = MultiService()
+    good = GraftService(info, QueueHandler(), network.rpc(), str(tmp_path / "good"), clock=clock)
+    good.setServiceParent(parent)
+    bad_path = tmp_path / "bad"
+    bad_path.write_bytes(b"not a state file")
+    bad = GraftService(info, QueueHandler(), network.rpc(), str(bad_path), clock=clock)
+    bad.setServiceParent(parent)
+    with pytest.raises(LogCorruptError):
+        parent.startService()
+    assert good.running
+    assert not bad.running
+    stopping = parent.stopService()
+    outcomes = [(ok, repr(result)) for ok, result in result_of(stopping)]
+    # A child whose stop failed leaves an unhandled failure in its Deferred;
+    # collect it now so that it is logged during this test and no other.
+    del stopping
+    gc.collect()
+    assert [ok for ok, _ in outcomes] == [True, True], outcomes
+    assert logged_errors == []
+    assert good.node is not None
+    assert good.node.state is State.CLOSED
+    assert clock.getDelayedCalls() == []
+    assert bad_path.read_bytes() == b"not a state file"
