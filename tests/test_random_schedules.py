@@ -34,6 +34,7 @@ import pytest
 from twisted.internet import task
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 import graft_tx
 from graft_tx.interfaces import IStateHandler
@@ -72,6 +73,11 @@ class _ErrorRecorder:
 
     def async_error(self, error: Exception) -> None:
         self._violations.append(f"node {self._node_id} reported an error: {error!r}")
+
+
+def test_error_recorder_provides_istatehandler() -> None:
+    """The simulation's handler really provides IStateHandler."""
+    assert verifyObject(IStateHandler, _ErrorRecorder([], "n"))
 
 
 class Simulation:

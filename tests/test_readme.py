@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
 
 import graft_tx
+from graft_tx.interfaces import IStateHandler
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -24,6 +26,7 @@ def test_example_cluster_elects_one_leader(tmp_path: Path) -> None:
     clock = Clock()
     seen: list[tuple[str, str]] = []
     cluster = namespace["make_cluster"](clock, str(tmp_path), seen)
+    assert verifyObject(IStateHandler, namespace["Announcer"]("x", []))
     cluster.startService()
     for _ in range(200):
         clock.advance(0.01)
