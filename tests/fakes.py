@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from graft_tx import Heartbeat, State, StateChange, VoteRequest, VoteResponse
 from graft_tx.interfaces import IElectionNode, IRpc, IStateHandler, IStateMachineHandler
+
+T = TypeVar("T")
+
+
+def result_of(d: Deferred[T]) -> T:
+    """The result of a Deferred that must already have fired successfully."""
+    results: list[T] = []
+    failures: list[object] = []
+    d.addCallbacks(results.append, failures.append)
+    assert not failures, failures
+    assert results, "the Deferred has not fired"
+    return results[0]
 
 
 @implementer(IRpc)

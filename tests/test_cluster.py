@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from fakes import RecordingHandler
 from twisted.internet import task
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import graft_tx
@@ -26,21 +26,6 @@ STEP = 0.01
 TIMING = graft_tx.Timing()
 # One maximum election timeout plus a little, for votes to travel.
 ELECTION = TIMING.election_timeout_max + 0.2
-
-
-@implementer(IStateHandler)
-class RecordingHandler:
-    """Records state changes and errors."""
-
-    def __init__(self) -> None:
-        self.changes: list[StateChange] = []
-        self.errors: list[Exception] = []
-
-    def state_changed(self, from_state: State, to_state: State) -> None:
-        self.changes.append(StateChange(from_state, to_state))
-
-    def async_error(self, error: Exception) -> None:
-        self.errors.append(error)
 
 
 class Cluster:

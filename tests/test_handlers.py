@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
-from fakes import PolicyHandler, RecordingHandler, RecordingRpc
-from twisted.internet.defer import Deferred
+from fakes import PolicyHandler, RecordingHandler, RecordingRpc, result_of
 from twisted.internet.task import Clock
 
 import graft_tx
@@ -24,19 +22,7 @@ from graft_tx import (
     VoteRequest,
 )
 
-T = TypeVar("T")
-
 FOLLOWER, CANDIDATE, LEADER = State.FOLLOWER, State.CANDIDATE, State.LEADER
-
-
-def result_of(d: Deferred[T]) -> T:
-    """The result of a Deferred that must already have fired successfully."""
-    results: list[T] = []
-    failures: list[object] = []
-    d.addCallbacks(results.append, failures.append)
-    assert not failures, failures
-    assert results, "the Deferred has not fired"
-    return results[0]
 
 
 def drain(queue: object) -> list[object]:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
-from fakes import RecordingHandler, RecordingRpc
+from fakes import RecordingHandler, RecordingRpc, result_of
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -21,18 +20,6 @@ from graft_tx import (
     StateChange,
 )
 from graft_tx.testing import MemoryNetwork
-
-T = TypeVar("T")
-
-
-def result_of(d: Deferred[T]) -> T:
-    """The result of a Deferred that must already have fired successfully."""
-    results: list[T] = []
-    failures: list[object] = []
-    d.addCallbacks(results.append, failures.append)
-    assert not failures, failures
-    assert results, "the Deferred has not fired"
-    return results[0]
 
 
 def advance(clock: Clock, seconds: float, step: float = 0.01) -> None:
