@@ -23,6 +23,14 @@ from graft_tx.handlers import QueueHandler
 from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse
 from graft_tx.node import Node, new
 from graft_tx.service import GraftService
+from graft_tx.transport.nats import NatsRpc, SubjectError
+from graft_tx.transport.natsclient import (
+    NatsClosedError,
+    NatsConfigError,
+    NatsConnection,
+    NatsReactorError,
+    connect_nats,
+)
 
 __all__ = [
     "ClusterInfo",
@@ -37,16 +45,23 @@ __all__ = [
     "LogCorruptError",
     "LogRequiredError",
     "MessageError",
+    "NatsClosedError",
+    "NatsConfigError",
+    "NatsConnection",
+    "NatsReactorError",
+    "NatsRpc",
     "Node",
     "NodeIdError",
     "QueueHandler",
     "RpcRequiredError",
     "State",
     "StateChange",
+    "SubjectError",
     "Timing",
     "TimingError",
     "VoteRequest",
     "VoteResponse",
+    "connect_nats",
     "new",
     "quorum",
 ]

@@ -7,9 +7,10 @@ such events: swallowed failures cannot hide.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from natsserver import NatsServer
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 
 
@@ -44,3 +45,30 @@ def _fail_on_logged_errors(request: pytest.FixtureRequest) -> Iterator[None]:
         globalLogPublisher.removeObserver(observe)
     if captured and not expected:
         pytest.fail("unexpected errors logged:\n" + "\n".join(captured.messages()))
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    """A nats-server on a free loopback port, stopped after the test whatever happens."""
+    server = NatsServer()
+    try:
+        yield server.start()
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def make_nats_server() -> Iterator[Callable[..., NatsServer]]:
+    """Start nats-servers on demand; all are stopped after the test."""
+    servers: list[NatsServer] = []
+
+    def make(*args: str, port: int | None = None, start: bool = True) -> NatsServer:
+        server = NatsServer(*args, port=port)
+        servers.append(server)
+        return server.start() if start else server
+
+    try:
+        yield make
+    finally:
+        for server in servers:
+            server.close()

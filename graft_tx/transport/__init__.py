@@ -1,0 +1,1 @@
+"""Transports: IRpc providers that carry a node's messages to its peers."""
