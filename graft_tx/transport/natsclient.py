@@ -68,7 +68,8 @@ _STRINGS = ("name", "user", "password", "token", "credentials", "nkey_seed", "tl
 _FILES = ("tls_ca", "tls_cert", "tls_key")
 _SECONDS = ("reconnect_wait", "connect_timeout", "ping_interval")
 _COUNTS = ("max_reconnect_attempts", "max_outstanding_pings")
-OPTIONS = (*_STRINGS, *_FILES, *_SECONDS, *_COUNTS, "tls")
+_FLAGS = ("dont_randomize",)
+OPTIONS = (*_STRINGS, *_FILES, *_SECONDS, *_COUNTS, *_FLAGS, "tls")
 
 
 def connection_options(servers: str | list[str], options: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +102,10 @@ def connection_options(servers: str | list[str], options: dict[str, Any]) -> dic
         value = options.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise NatsConfigError(f"NATS option {key} must be a whole number, not {value!r}")
+    for key in _FLAGS:
+        value = options.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise NatsConfigError(f"NATS option {key} must be True or False, not {value!r}")
     if options.get("tls_key") and not options.get("tls_cert"):
         raise NatsConfigError("NATS option tls_key needs tls_cert (the client certificate)")
     if options.get("tls") is not None and not isinstance(options["tls"], ssl.SSLContext):
@@ -119,7 +124,7 @@ def connection_options(servers: str | list[str], options: dict[str, Any]) -> dic
     for key in ("name", "user", "password", "token", "credentials", "nkey_seed", "tls_hostname"):
         if options.get(key) is not None:
             kwargs[renamed.get(key, key)] = options[key]
-    for key in ("ping_interval", "max_outstanding_pings"):
+    for key in ("ping_interval", "max_outstanding_pings", "dont_randomize"):
         if options.get(key) is not None:
             kwargs[key] = options[key]
     if options.get("tls") is not None:
@@ -284,7 +289,8 @@ def connect_nats(
     C{reconnect_wait} (seconds between tries of one server, default 2),
     C{max_reconnect_attempts} (default -1: forever, also for the first
     connection), C{connect_timeout}, C{ping_interval},
-    C{max_outstanding_pings}.
+    C{max_outstanding_pings}, C{dont_randomize} (try the servers in the
+    order given rather than shuffled).
 
     Cancelling the Deferred stops the attempts.
 
