@@ -11,6 +11,8 @@ callables called on the reactor thread.
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -95,7 +97,10 @@ def connection_options(servers: str | list[str], options: dict[str, Any]) -> dic
     for key in _SECONDS:
         value = options.get(key)
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
         ):
             raise NatsConfigError(f"NATS option {key} must be a positive number, not {value!r}")
     for key in _COUNTS:
@@ -113,6 +118,8 @@ def connection_options(servers: str | list[str], options: dict[str, Any]) -> dic
     if options.get("tls") is not None and any(options.get(key) for key in _FILES):
         raise NatsConfigError("give either tls (an SSLContext) or tls_ca/tls_cert/tls_key")
 
+    # None means "not set", as if the option were left out.
+    options = {key: value for key, value in options.items() if value is not None}
     kwargs: dict[str, Any] = {
         "servers": urls,
         "allow_reconnect": True,
@@ -135,6 +142,10 @@ def connection_options(servers: str | list[str], options: dict[str, Any]) -> dic
 
 
 def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    for key in _FILES:
+        path = options.get(key)
+        if path is not None and not os.access(path, os.R_OK):
+            raise NatsConfigError(f"NATS option {key}: cannot read the file {path!r}")
     try:
         context = ssl.create_default_context(cafile=options.get("tls_ca"))
         if options.get("tls_cert"):
