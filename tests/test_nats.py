@@ -42,7 +42,7 @@ from graft_tx import (
 )
 from graft_tx.interfaces import IRpc
 from graft_tx.transport import graft_pb2 as pb
-from graft_tx.transport.natsclient import DEFAULT_RECONNECT_WAIT
+from graft_tx.transport.natsclient import DEFAULT_RECONNECT_WAIT, NatsMessage
 
 ServerFactory = Callable[..., NatsServer]
 
@@ -907,3 +907,40 @@ def test_connect_nats_refuses_bad_options() -> None:
     with pytest.raises(NatsConfigError):
         graft_tx.connect_nats("nats://127.0.0.1:4222", bogus_option=True)
     assert pending_tasks() - tasks == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_request_subscribe_unsubscribe(
+    nats_server: NatsServer, logged_errors: LoggedErrors
+) -> None:
+    """The Twisted NATS client answers requests, stops on unsubscribe and survives a raising
+    subscriber."""
+    conn = await graft_tx.connect_nats(nats_server.url, name="client-api")
+    try:
+        seen: list[bytes] = []
+
+        def answer(message: NatsMessage) -> None:
+            seen.append(message.data)
+            if message.data == b"boom":
+                raise RuntimeError("subscriber failed")
+            conn.publish(message.reply, message.data.upper())
+
+        sub = await conn.subscribe("svc.echo", answer)
+        await conn.flush()
+        reply = await conn.request("svc.echo", b"hello", timeout=2.0)
+        assert reply.data == b"HELLO"
+        await conn.publish("svc.echo", b"boom")
+        await conn.flush()
+        await wait_until(lambda: b"boom" in seen, 5, "the raising subscriber to be called")
+        assert [e for e in logged_errors.messages() if "svc.echo" in e]
+        # The subscription still works after its callback raised.
+        assert (await conn.request("svc.echo", b"again", timeout=2.0)).data == b"AGAIN"
+        await sub.unsubscribe()
+        await conn.flush()
+        await conn.publish("svc.echo", b"late")
+        await conn.flush()
+        await sleep(0.1)
+        assert b"late" not in seen
+    finally:
+        await conn.close()
+    assert conn.is_closed
