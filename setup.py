@@ -11,7 +11,8 @@ setup(
     packages=["graft_tx", "graft_tx.transport"],
     package_data={"graft_tx": ["py.typed"], "graft_tx.transport": ["graft.proto", "*.pyi"]},
     install_requires=[
-        "Twisted>=23.10",
+        # tls: pyOpenSSL and service_identity, for TLS peers (TcpRpc).
+        "Twisted[tls]>=23.10",
         "zope.interface>=6.0",
         "nats-py>=2.9",
         # graft_pb2.py was generated for protobuf 7.35.1; the runtime must

@@ -24,6 +24,7 @@ from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse
 from graft_tx.node import Node, new
 from graft_tx.service import GraftService
 from graft_tx.transport.nats import NatsRpc, SubjectError
+from graft_tx.transport.tcp import TcpConfigError, TcpRpc
 from graft_tx.transport.natsclient import (
     NatsClosedError,
     NatsConfigError,
@@ -57,6 +58,8 @@ __all__ = [
     "State",
     "StateChange",
     "SubjectError",
+    "TcpConfigError",
+    "TcpRpc",
     "Timing",
     "TimingError",
     "VoteRequest",

@@ -1,0 +1,545 @@
+"""TcpRpc: a fixed set of peers elect a leader over direct TCP connections.
+
+Each node listens for its peers and keeps one outgoing connection to each of
+them (with Twisted's ClientService: retries with backoff and jitter). A node
+sends only on its outgoing connections and receives only on incoming ones,
+so every connection carries messages one way, from the connecting node.
+
+The line protocol (README.md, "The TCP line protocol"):
+
+    connecting node                        listening node
+    hello {version, cluster, node, size, nonce}  ->
+                            <-  hello {version, cluster, node, size, nonce[, proof]}
+    auth {proof}  ->                      (only with a shared secret)
+    message lines  ->                      ([<mac> ]<json>, one per line)
+
+A peer of another version, cluster or size, or one with this node's own id,
+is refused: it gets an C{error} line with the reason, the connection is
+closed, and both sides log why.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any, cast
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IReactorTime,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from graft_tx.errors import GraftError, MessageError
+from graft_tx.interfaces import IElectionNode, IRpc
+from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse, check_id
+from graft_tx.ratelimit import RateLimitedLog
+from graft_tx.transport.lines import (
+    VERSION,
+    Keys,
+    LineError,
+    Message,
+    decode_message,
+    dump,
+    encode_message,
+    load,
+    new_nonce,
+    same,
+)
+
+CLIENT, SERVER = "connecting", "listening"
+DEFAULT_MAX_LINE = 16 * 1024
+
+
+class TcpConfigError(GraftError, ValueError):
+    """TcpRpc was given arguments it cannot work with."""
+
+
+class PeerProtocol(LineOnlyReceiver):
+    """One connection to or from a peer, from handshake to close."""
+
+    delimiter = b"\n"
+
+    def __init__(self, rpc: TcpRpc, side: str) -> None:
+        self._rpc = rpc
+        self._side = side
+        self.MAX_LENGTH = rpc.max_line_length
+        self.peer_id = ""
+        self.state = "hello"
+        self._nonce = new_nonce()
+        self._peer_nonce = ""
+        self._session: bytes | None = None
+        self._received = 0
+        self._sent = 0
+        self._timer: IDelayedCall | None = None
+        self.handshake: Deferred[None] = Deferred()
+        self.closed: Deferred[None] = Deferred()
+
+    # -- connection life ------------------------------------------------
+
+    def connectionMade(self) -> None:
+        if self._side == SERVER and not self._rpc._admit(self):
+            self.state = "closed"
+            self._abort()
+            return
+        self._timer = self._rpc.clock.callLater(
+            self._rpc.handshake_timeout, self._handshake_timed_out
+        )
+        if self._side == CLIENT:
+            self._send_object(self._hello())
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_timer()
+        self.state = "closed"
+        self._rpc._lost(self)
+        if not self.handshake.called:
+            self.handshake.errback(reason)
+        self.closed.callback(None)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._refuse(f"a line longer than {self.MAX_LENGTH} bytes")
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        self._refuse(f"no handshake within {self._rpc.handshake_timeout}s")
+        self._abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # -- receiving ------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.state == "closed":
+            return
+        try:
+            self._line(line)
+        except LineError as e:
+            self._refuse(str(e))
+
+    def _line(self, line: bytes) -> None:
+        if self.state == "ready":
+            if self._side == CLIENT:
+                raise LineError("a line from a peer that only receives on this connection")
+            message = decode_message(load(self._authenticated(line)))
+            self._rpc._deliver(self, message)
+            return
+        obj = load(line)
+        if obj["type"] == "error":
+            self._rpc._warn(
+                "peer {peer} refused the connection: {reason}",
+                peer=self._describe(),
+                reason=str(obj.get("reason", ""))[:200],
+            )
+            self._close()
+        elif self.state == "hello":
+            self._on_hello(obj)
+        else:
+            self._on_auth(obj)
+
+    def _on_hello(self, obj: dict[str, Any]) -> None:
+        rpc = self._rpc
+        node = rpc.node
+        if obj["type"] != "hello":
+            raise LineError(f"expected a hello, got {obj['type']!r}")
+        if obj.get("version") != VERSION:
+            raise LineError(f"protocol version {obj.get('version')!r}; this node speaks {VERSION}")
+        if obj.get("cluster") != node.cluster_info.name:
+            raise LineError(
+                f"peer of cluster {obj.get('cluster')!r}; "
+                f"this node is of {node.cluster_info.name!r}"
+            )
+        if obj.get("size") != node.cluster_info.size:
+            raise LineError(
+                f"peer says the cluster has {obj.get('size')!r} nodes; "
+                f"this node says {node.cluster_info.size}"
+            )
+        peer = obj.get("node")
+        try:
+            check_id("node id", peer)
+        except MessageError as e:
+            raise LineError(str(e)) from None
+        if peer == node.id:
+            raise LineError(f"the peer has this node's own id {peer!r}")
+        nonce = obj.get("nonce")
+        if not isinstance(nonce, str) or len(nonce) != 32:
+            raise LineError("a hello without a valid nonce")
+        assert isinstance(peer, str)
+        self.peer_id, self._peer_nonce = peer, nonce
+        keys = rpc.keys
+        names = (node.cluster_info.name,)
+        if self._side == SERVER:
+            reply = self._hello()
+            if keys is not None:
+                reply["proof"] = keys.proof("server", nonce, self._nonce, *names, node.id, peer)
+            self._send_object(reply)
+            if keys is None:
+                self._ready()
+            else:
+                self.state = "auth"
+            return
+        if keys is None:
+            if "proof" in obj:
+                raise LineError("the peer uses a cluster secret and this node has none")
+            self._ready()
+            return
+        expected = keys.proof("server", self._nonce, nonce, *names, peer, node.id)
+        if not same(obj.get("proof"), expected):
+            raise LineError("the peer does not prove the cluster secret (wrong secret?)")
+        self._send_object(
+            {
+                "type": "auth",
+                "proof": keys.proof("client", self._nonce, nonce, *names, node.id, peer),
+            }
+        )
+        self._session = keys.session(self._nonce, nonce)
+        self._ready()
+
+    def _on_auth(self, obj: dict[str, Any]) -> None:
+        keys, node = self._rpc.keys, self._rpc.node
+        assert keys is not None
+        if obj["type"] != "auth":
+            raise LineError(f"expected auth, got {obj['type']!r}")
+        expected = keys.proof(
+            "client", self._peer_nonce, self._nonce, node.cluster_info.name, self.peer_id, node.id
+        )
+        if not same(obj.get("proof"), expected):
+            raise LineError("the peer does not prove the cluster secret (wrong secret?)")
+        self._session = keys.session(self._peer_nonce, self._nonce)
+        self._ready()
+
+    def _authenticated(self, line: bytes) -> bytes:
+        if self._session is None:
+            return line
+        mac, _, body = line.partition(b" ")
+        expected = Keys.line_mac(self._session, self._received, body)
+        if not same(mac.decode("ascii", "replace"), expected):
+            raise LineError("a line failed authentication")
+        self._received += 1
+        return body
+
+    def _ready(self) -> None:
+        self._cancel_timer()
+        self.state = "ready"
+        self._rpc._ready(self)
+        self.handshake.callback(None)
+
+    # -- sending --------------------------------------------------------
+
+    def send_message(self, message: Message) -> None:
+        body = dump(encode_message(message))
+        if self._session is not None:
+            body = Keys.line_mac(self._session, self._sent, body).encode("ascii") + b" " + body
+            self._sent += 1
+        self.sendLine(body)  # type: ignore[no-untyped-call]
+
+    def _hello(self) -> dict[str, Any]:
+        node = self._rpc.node
+        return {
+            "type": "hello",
+            "version": VERSION,
+            "cluster": node.cluster_info.name,
+            "node": node.id,
+            "size": node.cluster_info.size,
+            "nonce": self._nonce,
+        }
+
+    def _send_object(self, obj: dict[str, Any]) -> None:
+        self.sendLine(dump(obj))  # type: ignore[no-untyped-call]
+
+    def _refuse(self, reason: str) -> None:
+        if self.state == "closed":
+            return
+        self._rpc._warn(
+            "dropped the connection {direction} {peer}: {reason}",
+            direction="to" if self._side == CLIENT else "from",
+            peer=self._describe(),
+            reason=reason,
+        )
+        self._send_object({"type": "error", "reason": reason})
+        self._close()
+
+    def _close(self) -> None:
+        self.state = "closed"
+        self._cancel_timer()
+        self._tcp().loseConnection()
+
+    def _tcp(self) -> ITCPTransport:
+        assert self.transport is not None
+        return cast(ITCPTransport, self.transport)
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self._tcp().abortConnection()
+
+    def _describe(self) -> str:
+        address = self.transport.getPeer() if self.transport is not None else "?"
+        return f"{self.peer_id or '?'} ({address})"
+
+
+class _PeerFactory(Factory):
+    def __init__(self, rpc: TcpRpc, side: str) -> None:
+        self._rpc = rpc
+        self._side = side
+
+    def buildProtocol(self, addr: object) -> PeerProtocol:
+        return PeerProtocol(self._rpc, self._side)
+
+
+def _handshake_of(protocol: Any) -> Deferred[None]:
+    # ClientService waits for this: a refused handshake counts as a failed
+    # attempt, so the retries back off.
+    return cast(PeerProtocol, protocol).handshake
+
+
+@implementer(IRpc)
+class TcpRpc:
+    """A node's TCP transport to a fixed set of peers.
+
+    @param listen: a server endpoint string (C{"tcp:7001:interface=127.0.0.1"},
+        C{"ssl:..."}, or C{"mtls:..."} for TLS that requires client
+        certificates) or an L{IStreamServerEndpoint}.
+    @param peers: a client endpoint string (C{"tcp:host=10.0.0.2:port=7001"},
+        C{"tls:..."}) or an L{IStreamClientEndpoint} per other node.
+    @param secret: a shared cluster secret (bytes or str); with it, peers
+        prove they know it and every message is authenticated.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        listen: str | IStreamServerEndpoint,
+        peers: Sequence[str | IStreamClientEndpoint],
+        *,
+        reactor: Any = None,
+        secret: bytes | str | None = None,
+        max_line_length: int = DEFAULT_MAX_LINE,
+        handshake_timeout: float = 5.0,
+        max_pending_handshakes: int = 16,
+        retry_max_delay: float = 2.0,
+    ) -> None:
+        if isinstance(listen, str) and not listen.strip():
+            raise TcpConfigError("listen must be a server endpoint, such as 'tcp:7001'")
+        if isinstance(peers, (str, bytes)) or not isinstance(peers, Sequence):
+            raise TcpConfigError(f"peers must be a list of client endpoints, not {peers!r}")
+        for peer in peers:
+            if isinstance(peer, str) and not peer.strip():
+                raise TcpConfigError("a peer endpoint must not be empty")
+        if isinstance(secret, str):
+            secret = secret.encode("utf-8")
+        if secret is not None and (not isinstance(secret, bytes) or not secret):
+            raise TcpConfigError("secret must be non-empty bytes or str")
+        for name, value in (
+            ("max_line_length", max_line_length),
+            ("handshake_timeout", handshake_timeout),
+            ("max_pending_handshakes", max_pending_handshakes),
+            ("retry_max_delay", retry_max_delay),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise TcpConfigError(f"{name} must be a positive number, not {value!r}")
+        if max_line_length < 1024:
+            raise TcpConfigError("max_line_length must be at least 1024 bytes")
+        self._listen = listen
+        self._peers = list(peers)
+        self._reactor = reactor
+        self.keys = Keys(secret) if secret is not None else None
+        self.max_line_length = int(max_line_length)
+        self.handshake_timeout = float(handshake_timeout)
+        self.max_pending_handshakes = int(max_pending_handshakes)
+        self._retry_max_delay = float(retry_max_delay)
+        self._node: IElectionNode | None = None
+        self._port: IListeningPort | None = None
+        self._clients: list[ClientService] = []
+        self._outbound: dict[str, PeerProtocol] = {}
+        self._pending: set[PeerProtocol] = set()
+        self._inbound: set[PeerProtocol] = set()
+        self._warnings: RateLimitedLog | None = None
+        self._closed = False
+        self.dropped_outgoing = 0
+
+    @property
+    def node(self) -> IElectionNode:
+        assert self._node is not None
+        return self._node
+
+    @property
+    def clock(self) -> IReactorTime:
+        return self._reactor  # type: ignore[no-any-return]
+
+    @property
+    def port(self) -> IListeningPort | None:
+        """The listening port, once listening (C{port.getHost().port} for port 0)."""
+        return self._port
+
+    @property
+    def connected_peers(self) -> frozenset[str]:
+        """Ids of the peers this node can send to now."""
+        return frozenset(self._outbound)
+
+    @property
+    def invalid_messages(self) -> int:
+        """How many lines, connections or messages were refused as invalid."""
+        return 0 if self._warnings is None else self._warnings.dropped
+
+    # -- IRpc -----------------------------------------------------------
+
+    def init(self, node: IElectionNode) -> None:
+        if self._node is not None or self._closed:
+            raise GraftError("a TcpRpc carries one node, once; make a new one")
+        size = node.cluster_info.size
+        if size != len(self._peers) + 1:
+            raise TcpConfigError(
+                f"cluster {node.cluster_info.name!r} has size {size}, but TcpRpc was given "
+                f"{len(self._peers)} peer(s): a cluster of N nodes needs N-1 peers"
+            )
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        server = self._server_endpoint()
+        clients = [self._client_endpoint(peer) for peer in self._peers]
+        self._node = node
+        self._warnings = RateLimitedLog(self.log, self.clock)
+        outcome: list[object] = []
+        server.listen(_PeerFactory(self, SERVER)).addBoth(outcome.append)
+        if outcome and isinstance(outcome[0], Failure):
+            raise TcpConfigError(f"cannot listen on {self._listen!r}: {outcome[0].value}")
+        if outcome:
+            self._port = outcome[0]  # type: ignore[assignment]
+        jitter = random.Random()
+        policy = backoffPolicy(
+            initialDelay=0.05,
+            maxDelay=self._retry_max_delay,
+            factor=2.0,
+            jitter=lambda: jitter.uniform(0, 0.1),
+        )
+        for endpoint in clients:
+            service = ClientService(
+                endpoint,
+                _PeerFactory(self, CLIENT),
+                retryPolicy=policy,
+                clock=self._reactor,
+                prepareConnection=_handshake_of,
+            )
+            service.startService()
+            self._clients.append(service)
+
+    def close(self) -> Deferred[None]:
+        if self._closed:
+            return succeed(None)
+        self._closed = True
+        pending: list[Deferred[Any]] = [service.stopService() for service in self._clients]
+        if self._port is not None:
+            pending.append(self._port.stopListening())  # type: ignore[arg-type]
+        for protocol in list(self._inbound | self._pending):
+            protocol._abort()
+            pending.append(protocol.closed)
+        self._outbound.clear()
+        return gatherResults(pending).addCallback(lambda _: None)
+
+    def request_vote(self, req: VoteRequest) -> None:
+        self._broadcast(req)
+
+    def heartbeat(self, hb: Heartbeat) -> None:
+        self._broadcast(hb)
+
+    def send_vote_response(self, candidate_id: str, resp: VoteResponse) -> None:
+        protocol = self._outbound.get(candidate_id)
+        if protocol is None:
+            self.dropped_outgoing += 1
+        else:
+            protocol.send_message(resp)
+
+    def _broadcast(self, message: Message) -> None:
+        self.dropped_outgoing += len(self._peers) - len(self._outbound)
+        for protocol in list(self._outbound.values()):
+            protocol.send_message(message)
+
+    # -- endpoints ------------------------------------------------------
+
+    def _server_endpoint(self) -> IStreamServerEndpoint:
+        if not isinstance(self._listen, str):
+            return self._listen
+        try:
+            if self._listen.startswith("mtls:"):
+                from graft_tx.transport.mtls import mutual_tls_server
+
+                return mutual_tls_server(self._reactor, self._listen[len("mtls:") :])
+            return cast(IStreamServerEndpoint, serverFromString(self._reactor, self._listen))  # type: ignore[no-untyped-call]
+        except (ValueError, TypeError, OSError, ImportError) as e:
+            raise TcpConfigError(f"listen endpoint {self._listen!r}: {e}") from e
+
+    def _client_endpoint(self, peer: str | IStreamClientEndpoint) -> IStreamClientEndpoint:
+        if not isinstance(peer, str):
+            return peer
+        try:
+            return cast(IStreamClientEndpoint, clientFromString(self._reactor, peer))  # type: ignore[no-untyped-call]
+        except (ValueError, TypeError, OSError, ImportError) as e:
+            raise TcpConfigError(f"peer endpoint {peer!r}: {e}") from e
+
+    # -- called by PeerProtocol -----------------------------------------
+
+    def _admit(self, protocol: PeerProtocol) -> bool:
+        if self._closed:
+            return False
+        if len(self._pending) >= self.max_pending_handshakes:
+            self._warn(
+                "refused a connection from {peer}: {count} handshakes already pending",
+                peer=protocol._tcp().getPeer(),
+                count=len(self._pending),
+            )
+            return False
+        self._pending.add(protocol)
+        return True
+
+    def _ready(self, protocol: PeerProtocol) -> None:
+        self._pending.discard(protocol)
+        if protocol._side == CLIENT:
+            self._outbound[protocol.peer_id] = protocol
+            self.log.info(
+                "node {node} connected to peer {peer}", node=self.node.id, peer=protocol.peer_id
+            )
+        else:
+            self._inbound.add(protocol)
+
+    def _lost(self, protocol: PeerProtocol) -> None:
+        self._pending.discard(protocol)
+        self._inbound.discard(protocol)
+        if self._outbound.get(protocol.peer_id) is protocol:
+            del self._outbound[protocol.peer_id]
+
+    def _deliver(self, protocol: PeerProtocol, message: Message) -> None:
+        if self._closed:
+            return
+        node, peer = self.node, protocol.peer_id
+        # A peer speaks only for itself: it was authenticated as peer_id.
+        if isinstance(message, VoteRequest):
+            if message.candidate != peer:
+                raise LineError(f"a vote request for {message.candidate!r} from {peer!r}")
+            node.handle_vote_request(message)
+        elif isinstance(message, Heartbeat):
+            if message.leader != peer:
+                raise LineError(f"a heartbeat for {message.leader!r} from {peer!r}")
+            node.handle_heartbeat(message)
+        else:
+            if message.voter not in ("", peer):
+                raise LineError(f"a vote of {message.voter!r} from {peer!r}")
+            node.handle_vote_response(VoteResponse(message.term, message.granted, peer))
+
+    def _warn(self, format: str, **fields: Any) -> None:
+        if self._warnings is not None:
+            self._warnings.warn(format, **fields)
