@@ -6,6 +6,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+import pytest_twisted
+from natsserver import free_port
+from realtime import wait_until
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
@@ -38,3 +42,29 @@ def test_example_cluster_elects_one_leader(tmp_path: Path) -> None:
     cluster.stopService()
     assert clock.getDelayedCalls() == []
     assert all(node.state is graft_tx.State.CLOSED for node in nodes)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tcp_example_elects_one_leader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's three-node TCP cluster, on free loopback ports, elects one leader."""
+    block = next(b for b in python_blocks() if "def tcp_node" in b)
+    namespace: dict[str, Any] = {}
+    exec(compile(block, str(README), "exec"), namespace)
+    namespace["ports"].update({name: free_port() for name in namespace["ports"]})
+    monkeypatch.chdir(tmp_path)
+    nodes = [namespace["tcp_node"](name) for name in ("a", "b", "c")]
+    try:
+        await wait_until(
+            lambda: (
+                sum(n.state is graft_tx.State.LEADER for n in nodes) == 1
+                and len({n.leader for n in nodes}) == 1
+            ),
+            10,
+            "one leader that all follow",
+        )
+    finally:
+        for node in nodes:
+            await node.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.state", "b.state", "c.state"]

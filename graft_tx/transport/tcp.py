@@ -84,6 +84,9 @@ class PeerProtocol(LineOnlyReceiver):
         self._sent = 0
         self._timer: IDelayedCall | None = None
         self.handshake: Deferred[None] = Deferred()
+        if side == SERVER:
+            # Nobody waits on an incoming handshake; its failure is logged.
+            self.handshake.addErrback(lambda _: None)
         self.closed: Deferred[None] = Deferred()
 
     # -- connection life ------------------------------------------------
