@@ -21,10 +21,9 @@ from graft_tx.errors import (
 )
 from graft_tx.handlers import QueueHandler
 from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse
-from graft_tx.node import Node, new
+from graft_tx.node import Node, NodeStats, new
 from graft_tx.service import GraftService
 from graft_tx.transport.nats import NatsRpc, SubjectError
-from graft_tx.transport.tcp import TcpConfigError, TcpRpc
 from graft_tx.transport.natsclient import (
     NatsClosedError,
     NatsConfigError,
@@ -32,6 +31,7 @@ from graft_tx.transport.natsclient import (
     NatsReactorError,
     connect_nats,
 )
+from graft_tx.transport.tcp import TcpConfigError, TcpRpc
 
 __all__ = [
     "ClusterInfo",
@@ -53,6 +53,7 @@ __all__ = [
     "NatsRpc",
     "Node",
     "NodeIdError",
+    "NodeStats",
     "QueueHandler",
     "RpcRequiredError",
     "State",

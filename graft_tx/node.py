@@ -14,6 +14,7 @@ import random
 import secrets
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -38,6 +39,33 @@ from graft_tx.errors import (
 from graft_tx.interfaces import IElectionNode, IRpc, IStateHandler, IStateMachineHandler
 from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse, check_id
 from graft_tx.statefile import PersistentState, StateFile
+
+
+@dataclass
+class _Counts:
+    elections_started: int = 0
+    elections_won: int = 0
+    votes_granted: int = 0
+    heartbeats_sent: int = 0
+    heartbeats_received: int = 0
+    leader_changes: int = 0
+    last_state_change: float | None = None
+    last_heartbeat: float | None = None
+
+
+@dataclass(frozen=True)
+class NodeStats:
+    """What a node has done since it started. Times are the clock's seconds
+    (wall-clock time on a real reactor); None until it happened."""
+
+    elections_started: int
+    elections_won: int
+    votes_granted: int
+    heartbeats_sent: int
+    heartbeats_received: int
+    leader_changes: int
+    last_state_change: float | None
+    last_heartbeat: float | None
 
 
 @implementer(IElectionNode)
@@ -79,6 +107,8 @@ class Node:
         self._flush_call: IDelayedCall | None = None
         self._closing: Deferred[None] | None = None
         self._closed = False
+        self._counts = _Counts()
+        self._known_leader = ""
 
     # -- what users read ------------------------------------------------
 
@@ -115,6 +145,10 @@ class Node:
     @property
     def timing(self) -> Timing:
         return self._timing
+
+    def stats(self) -> NodeStats:
+        """A snapshot of this node's counters, for status pages and metrics."""
+        return NodeStats(**vars(self._counts))
 
     def __repr__(self) -> str:
         return (
@@ -209,7 +243,9 @@ class Node:
         else:
             # A candidate of this term keeps its vote: it voted for itself.
             self._set_state(State.FOLLOWER)
-        self._leader = hb.leader
+        self._counts.heartbeats_received += 1
+        self._counts.last_heartbeat = self._clock.seconds()
+        self._follow(hb.leader)
         self._reset_election_timer()
 
     # -- the algorithm --------------------------------------------------
@@ -225,6 +261,7 @@ class Node:
             if not self._persist(self._term, req.candidate):
                 return False
             self._vote = req.candidate
+        self._counts.votes_granted += 1
         self._reset_election_timer()
         return True
 
@@ -243,6 +280,7 @@ class Node:
         self._term, self._vote, self._leader = term, self._id, ""
         self._votes = {self._id}
         self._anonymous_votes = 0
+        self._counts.elections_started += 1
         self._set_state(State.CANDIDATE)
         self.log.info(
             "node {node} campaigns in term {term} of {cluster}",
@@ -258,7 +296,8 @@ class Node:
 
     def _become_leader(self) -> None:
         self._set_state(State.LEADER)
-        self._leader = self._id
+        self._counts.elections_won += 1
+        self._follow(self._id)
         self._votes.clear()
         self.log.info(
             "node {node} became leader of {cluster} in term {term}",
@@ -269,6 +308,7 @@ class Node:
         self._send_heartbeat()
 
     def _send_heartbeat(self) -> None:
+        self._counts.heartbeats_sent += 1
         self._send(self._rpc.heartbeat, Heartbeat(self._term, self._id))
         self._arm(self._timing.heartbeat_interval, self._send_heartbeat)
 
@@ -281,6 +321,12 @@ class Node:
         self._set_state(State.FOLLOWER)
         if self._timer is None:
             self._reset_election_timer()
+
+    def _follow(self, leader: str) -> None:
+        self._leader = leader
+        if leader != self._known_leader:
+            self._known_leader = leader
+            self._counts.leader_changes += 1
 
     def _has_quorum(self) -> bool:
         return len(self._votes) + self._anonymous_votes >= quorum(self._info.size)
@@ -321,6 +367,7 @@ class Node:
         # The old state's timer ends with it.
         self._disarm()
         self._state = new
+        self._counts.last_state_change = self._clock.seconds()
         self.log.info(
             "node {node} of {cluster}: {from_state} -> {to_state} in term {term}",
             node=self._id,
