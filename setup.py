@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",
-    packages=["graft_tx", "graft_tx.transport"],
+    packages=["graft_tx", "graft_tx.transport", "twisted.plugins"],
     package_data={"graft_tx": ["py.typed"], "graft_tx.transport": ["graft.proto", "*.pyi"]},
     install_requires=[
         # tls: pyOpenSSL and service_identity, for TLS peers (TcpRpc).
@@ -18,6 +18,7 @@ setup(
         # graft_pb2.py was generated for protobuf 7.35.1; the runtime must
         # be that or newer, within major version 7.
         "protobuf>=7.35.1,<8",
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "test": [

@@ -294,6 +294,9 @@ class PeerProtocol(LineOnlyReceiver):
 
 
 class _PeerFactory(Factory):
+    # One log line per peer connection attempt would drown the useful ones.
+    noisy = False
+
     def __init__(self, rpc: TcpRpc, side: str) -> None:
         self._rpc = rpc
         self._side = side

@@ -1,0 +1,77 @@
+"""Prometheus metrics of a node, read from it at each scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from graft_tx.cluster import State
+from graft_tx.node import Node
+
+_COUNTERS = (
+    ("elections_started", "Elections this node started (terms it campaigned in)."),
+    ("elections_won", "Elections this node won."),
+    ("votes_granted", "Votes this node granted to candidates."),
+    ("heartbeats_sent", "Heartbeats this node sent as leader."),
+    ("heartbeats_received", "Heartbeats this node accepted from a leader."),
+    ("leader_changes", "Times this node saw a different leader than the one before."),
+)
+
+
+class NodeCollector:
+    """A prometheus-client collector for the node that C{source} returns."""
+
+    def __init__(self, source: Callable[[], Node | None], rpc: object = None) -> None:
+        self._source = source
+        self._rpc = rpc
+
+    def collect(self) -> Iterator[Metric]:
+        node = self._source()
+        if node is None:
+            return
+        labels = ["cluster", "node"]
+        values = [node.cluster_info.name, node.id]
+        state = GaugeMetricFamily(
+            "graft_state", "1 for the state this node is in.", labels=[*labels, "state"]
+        )
+        for each in State:
+            state.add_metric([*values, str(each)], 1.0 if node.state is each else 0.0)
+        yield state
+        leader = GaugeMetricFamily("graft_is_leader", "1 while this node leads.", labels=labels)
+        leader.add_metric(values, 1.0 if node.state is State.LEADER else 0.0)
+        yield leader
+        term = GaugeMetricFamily("graft_term", "This node's current term.", labels=labels)
+        term.add_metric(values, float(node.current_term))
+        yield term
+        stats = node.stats()
+        for name, text in _COUNTERS:
+            counter = CounterMetricFamily(f"graft_{name}", text, labels=labels)
+            counter.add_metric(values, float(getattr(stats, name)))
+            yield counter
+        invalid = getattr(self._rpc, "invalid_messages", None)
+        if isinstance(invalid, int):
+            counter = CounterMetricFamily(
+                "graft_messages_invalid",
+                "Inbound messages the transport dropped as invalid.",
+                labels=labels,
+            )
+            counter.add_metric(values, float(invalid))
+            yield counter
+        dropped = getattr(self._rpc, "dropped_outgoing", None)
+        if isinstance(dropped, int):
+            counter = CounterMetricFamily(
+                "graft_messages_unsent",
+                "Outgoing messages dropped because a peer or the server was not connected.",
+                labels=labels,
+            )
+            counter.add_metric(values, float(dropped))
+            yield counter
+
+
+def node_registry(source: Callable[[], Node | None], rpc: object = None) -> CollectorRegistry:
+    """A registry holding only this node's metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(source, rpc))
+    return registry

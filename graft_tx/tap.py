@@ -1,0 +1,265 @@
+"""C{twistd graft}: a node as a daemon (the plugin in twisted/plugins names this module)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, ClassVar
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.python import usage
+from twisted.web.server import Site
+
+from graft_tx.cluster import ClusterInfo, Timing
+from graft_tx.errors import GraftError
+from graft_tx.hooks import HookCommands, HookHandler, HookRunner, command
+from graft_tx.interfaces import IRpc
+from graft_tx.messages import check_id
+from graft_tx.service import GraftService
+from graft_tx.transport.nats import NatsRpc
+from graft_tx.transport.tcp import TcpRpc
+from graft_tx.web import GraftResource
+
+# Option name -> NatsRpc keyword.
+NATS_OPTIONS = {
+    "nats-name": "name",
+    "nats-user": "user",
+    "nats-password": "password",
+    "nats-token": "token",
+    "nats-credentials": "credentials",
+    "nats-nkey-seed": "nkey_seed",
+    "nats-tls-ca": "tls_ca",
+    "nats-tls-cert": "tls_cert",
+    "nats-tls-key": "tls_key",
+}
+DEFAULT_NATS = "nats://127.0.0.1:4222"
+DEFAULT_SIZE = 3
+
+
+class Options(usage.Options):
+    synopsis = "--cluster NAME [options]"
+    longdesc = (
+        "Run one node of a leader election (graft's half of RAFT). Over NATS (the default "
+        "without --peer) the node meets its cluster through a NATS server, as Go graft does; "
+        "over TCP (--listen and one --peer per other node) it talks to its peers directly."
+    )
+    optParameters: ClassVar[list[list[Any]]] = [
+        ["cluster", None, None, "The cluster's name (required)."],
+        ["size", None, None,
+         f"Voting nodes. Default: --peer count + 1 over TCP, {DEFAULT_SIZE} over NATS."],
+        ["state-file", None, None,
+         "Where the node keeps its term and vote. Default: ./graft-CLUSTER.state."],
+        ["node-id", None, None, "This node's id. Default: a fresh random id."],
+        ["transport", None, None, "nats or tcp. Default: tcp when --peer is given, else nats."],
+        ["listen", None, None, "TCP: the server endpoint for peers, such as tcp:7001."],
+        ["secret-file", None, None, "TCP: a file holding the cluster's shared secret."],
+        ["election-timeout", None, None,
+         "MIN-MAX seconds a follower waits for a leader before it campaigns. Default: 0.5-1.0."],
+        ["heartbeat", None, None, "Seconds between a leader's heartbeats. Default: 0.1."],
+        ["status", None, None,
+         "A server endpoint (tcp:8080:interface=127.0.0.1) for /status, /leader, /healthz, "
+         "/metrics."],
+        ["on-leader", None, None, "A command to run when this node becomes leader."],
+        ["on-follower", None, None, "A command to run when this node stops being leader."],
+        ["on-change", None, None, "A command to run on every state change."],
+        ["hook-timeout", None, "30", "Seconds a hook may run before it is killed."],
+        ["nats-name", None, None, "NATS: the connection's name, shown by the server."],
+        ["nats-user", None, None, "NATS: user name."],
+        ["nats-password", None, None, "NATS: password."],
+        ["nats-token", None, None, "NATS: authentication token."],
+        ["nats-credentials", None, None, "NATS: a .creds file."],
+        ["nats-nkey-seed", None, None, "NATS: an nkey seed file."],
+        ["nats-tls-ca", None, None, "NATS: the CA file to trust."],
+        ["nats-tls-cert", None, None, "NATS: the client certificate file."],
+        ["nats-tls-key", None, None, "NATS: the client key file."],
+    ]  # fmt: skip
+    optFlags: ClassVar[list[list[Any]]] = [
+        ["hook-shell", None, "Run hooks through /bin/sh -c (default: run them directly)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["peers"] = []
+        self["nats"] = []
+
+    def opt_peer(self, endpoint: str) -> None:
+        """TCP: another node's client endpoint, tcp:host=10.0.0.2:port=7001 (repeatable)."""
+        self["peers"].append(endpoint)
+
+    def opt_nats(self, url: str) -> None:
+        """NATS: a server URL (repeatable). Default: nats://127.0.0.1:4222."""
+        self["nats"].append(url)
+
+    def postOptions(self) -> None:
+        cluster = self["cluster"]
+        if not cluster:
+            raise usage.UsageError("--cluster NAME is required")
+        transport = self["transport"] or ("tcp" if self["peers"] else "nats")
+        if transport not in ("nats", "tcp"):
+            raise usage.UsageError(f"--transport must be nats or tcp, not {transport!r}")
+        self["transport"] = transport
+        nats_given = [name for name in NATS_OPTIONS if self[name]] + (
+            ["nats"] if self["nats"] else []
+        )
+        tcp_given = [name for name in ("listen", "secret-file") if self[name]]
+        tcp_given += ["peer"] if self["peers"] else []
+        if transport == "tcp":
+            if nats_given:
+                raise usage.UsageError(
+                    f"--{nats_given[0]} is a NATS option; it does not apply to --transport tcp"
+                )
+            if not self["listen"]:
+                raise usage.UsageError("--transport tcp needs --listen ENDPOINT, such as tcp:7001")
+        elif tcp_given:
+            raise usage.UsageError(
+                f"--{tcp_given[0]} is a TCP option; use --transport tcp (or give --peer)"
+            )
+        self["size"] = self._size(transport)
+        if self["node-id"] is not None:
+            try:
+                check_id("--node-id", self["node-id"])
+            except GraftError as e:
+                raise usage.UsageError(str(e)) from None
+        self["timing"] = self._timing()
+        self["secret"] = self._secret()
+        self["hook-timeout"] = _positive("--hook-timeout", self["hook-timeout"])
+        try:
+            self["hooks"] = HookCommands(
+                *(
+                    command(self[name], shell=self["hook-shell"]) if self[name] else None
+                    for name in ("on-leader", "on-follower", "on-change")
+                )
+            )
+        except ValueError as e:
+            raise usage.UsageError(f"hook command: {e}") from None
+        self["state-file"] = self["state-file"] or f"graft-{cluster}.state"
+        directory = os.path.dirname(os.path.abspath(self["state-file"]))
+        if not os.path.isdir(directory):
+            raise usage.UsageError(f"--state-file: the directory {directory} does not exist")
+        if transport == "nats":
+            _use_asyncio_reactor()
+
+    def _size(self, transport: str) -> int:
+        peers = len(self["peers"])
+        if self["size"] is None:
+            return peers + 1 if transport == "tcp" else DEFAULT_SIZE
+        try:
+            size = int(self["size"])
+        except ValueError:
+            raise usage.UsageError(f"--size must be a whole number, not {self['size']!r}") from None
+        if size < 1:
+            raise usage.UsageError(f"--size must be at least 1, not {size}")
+        if transport == "tcp" and size != peers + 1:
+            raise usage.UsageError(
+                f"--size {size} contradicts the {peers} --peer given: a TCP cluster of N nodes "
+                "lists the N-1 others with --peer"
+            )
+        return size
+
+    def _timing(self) -> Timing:
+        low, high, beat = 0.5, 1.0, 0.1
+        if self["election-timeout"] is not None:
+            text = self["election-timeout"]
+            parts = text.split("-")
+            if len(parts) != 2:
+                raise usage.UsageError(f"--election-timeout takes MIN-MAX seconds, not {text!r}")
+            low = _positive("--election-timeout", parts[0])
+            high = _positive("--election-timeout", parts[1])
+        if self["heartbeat"] is not None:
+            beat = _positive("--heartbeat", self["heartbeat"])
+        try:
+            return Timing(low, high, beat)
+        except GraftError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _secret(self) -> bytes | None:
+        path = self["secret-file"]
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                secret = f.read().strip()
+        except OSError as e:
+            raise usage.UsageError(f"--secret-file: cannot read {path}: {e.strerror}") from None
+        if not secret:
+            raise usage.UsageError(f"--secret-file: {path} is empty")
+        return secret
+
+
+def _positive(option: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise usage.UsageError(f"{option} takes seconds, not {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise usage.UsageError(f"{option} must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def _use_asyncio_reactor() -> None:
+    """NATS runs only on the asyncio reactor: install it unless another one is."""
+    from twisted.internet import asyncioreactor
+
+    if "twisted.internet.reactor" not in sys.modules:
+        asyncioreactor.install()
+        return
+    from twisted.internet import reactor
+
+    if not isinstance(reactor, asyncioreactor.AsyncioSelectorReactor):
+        raise usage.UsageError(
+            f"the NATS transport needs the asyncio reactor, but {type(reactor).__name__} is "
+            "already installed: run 'twistd --reactor=asyncio graft ...'"
+        )
+
+
+class _HookService(Service):
+    """Kills a running hook when the daemon stops."""
+
+    def __init__(self, runner: HookRunner) -> None:
+        self.runner = runner
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.runner.stop()
+
+
+def make_rpc(options: Options) -> IRpc:
+    if options["transport"] == "tcp":
+        return TcpRpc(options["listen"], options["peers"], secret=options["secret"])
+    nats = {key: options[name] for name, key in NATS_OPTIONS.items() if options[name]}
+    return NatsRpc(options["nats"] or DEFAULT_NATS, **nats)
+
+
+def makeService(options: Options) -> IService:
+    """The node, its hooks and its status pages, as one MultiService."""
+    from twisted.internet import reactor
+
+    top = MultiService()
+    hooks: HookCommands = options["hooks"]
+    runner = HookRunner(reactor, options["hook-timeout"]) if hooks else None
+    graft: GraftService | None = None
+    handler = HookHandler(lambda: graft.node if graft else None, hooks, runner)
+    try:
+        rpc = make_rpc(options)
+    except GraftError as e:
+        raise usage.UsageError(str(e)) from None
+    graft = GraftService(
+        ClusterInfo(options["cluster"], options["size"]),
+        handler,
+        rpc,
+        options["state-file"],
+        timing=options["timing"],
+        node_id=options["node-id"],
+    )
+    graft.setName("graft")
+    graft.setServiceParent(top)
+    if runner is not None:
+        _HookService(runner).setServiceParent(top)
+    if options["status"]:
+        site = Site(GraftResource(graft))
+        status = strports.service(options["status"], site)
+        status.setName("status")
+        status.setServiceParent(top)
+    return top
