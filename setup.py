@@ -38,6 +38,7 @@ setup(
             "grpcio-tools==1.85.1",
         ],
     },
+    entry_points={"console_scripts": ["graft = graft_tx.cli:main"]},
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

