@@ -48,6 +48,16 @@ class StateChange:
     to_state: State
 
 
+@dataclass(frozen=True)
+class StateChangeDetail:
+    """A state change with the term and leader as they were at that moment."""
+
+    from_state: State
+    to_state: State
+    term: int
+    leader: str
+
+
 def _number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TimingError(f"{name} must be a number of seconds, not {value!r}")

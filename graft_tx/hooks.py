@@ -30,8 +30,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from graft_tx.cluster import State
-from graft_tx.interfaces import IStateHandler
+from graft_tx.cluster import State, StateChangeDetail
+from graft_tx.interfaces import IDetailedStateHandler, IStateHandler
 from graft_tx.node import Node
 
 OUTPUT_LIMIT = 4096
@@ -190,7 +190,7 @@ class HookCommands:
         return any((self.on_leader, self.on_follower, self.on_change))
 
 
-@implementer(IStateHandler)
+@implementer(IDetailedStateHandler)
 class HookHandler:
     """Logs each state change as one structured event and runs the hooks.
 
@@ -214,10 +214,14 @@ class HookHandler:
 
     def state_changed(self, from_state: State, to_state: State) -> None:
         node = self._node()
+        term, leader = (node.current_term, node.leader) if node else (0, "")
+        self.state_changed_detail(StateChangeDetail(from_state, to_state, term, leader))
+
+    def state_changed_detail(self, change: StateChangeDetail) -> None:
+        node = self._node()
         cluster = node.cluster_info.name if node else ""
         node_id = node.id if node else ""
-        term = node.current_term if node else 0
-        leader = node.leader if node else ""
+        from_state, to_state = change.from_state, change.to_state
         self.log.info(
             "node {node_id} of {cluster}: {previous} -> {state}, term {term}, leader {leader}",
             event="state_changed",
@@ -225,16 +229,16 @@ class HookHandler:
             cluster=cluster,
             previous=str(from_state),
             state=str(to_state),
-            term=term,
-            leader=leader,
+            term=change.term,
+            leader=change.leader,
         )
         env = {
             "GRAFT_CLUSTER": cluster,
             "GRAFT_NODE_ID": node_id,
             "GRAFT_STATE": str(to_state),
             "GRAFT_PREVIOUS_STATE": str(from_state),
-            "GRAFT_TERM": str(term),
-            "GRAFT_LEADER": leader,
+            "GRAFT_TERM": str(change.term),
+            "GRAFT_LEADER": change.leader,
         }
         if self._runner is not None:
             wanted = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from graft_tx.cluster import State
+from graft_tx.cluster import State, StateChangeDetail
 from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse
 
 
@@ -125,6 +125,21 @@ class IStateHandler(Interface):
         Something failed in the background, such as writing the state file.
 
         @type error: L{Exception}
+        """
+
+
+class IDetailedStateHandler(IStateHandler):
+    """A handler that wants the term and leader of each change as they were
+    when it happened (by the time a handler runs, both may have moved on).
+
+    The node calls C{state_changed_detail} instead of C{state_changed}.
+    """
+
+    def state_changed_detail(change: StateChangeDetail) -> None:
+        """
+        The node changed state.
+
+        @type change: L{graft_tx.cluster.StateChangeDetail}
         """
 
 

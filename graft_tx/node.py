@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from graft_tx.cluster import ClusterInfo, State, Timing, quorum
+from graft_tx.cluster import ClusterInfo, State, StateChangeDetail, Timing, quorum
 from graft_tx.errors import (
     ClusterNameError,
     ClusterSizeError,
@@ -36,7 +36,13 @@ from graft_tx.errors import (
     RpcRequiredError,
     TimingError,
 )
-from graft_tx.interfaces import IElectionNode, IRpc, IStateHandler, IStateMachineHandler
+from graft_tx.interfaces import (
+    IDetailedStateHandler,
+    IElectionNode,
+    IRpc,
+    IStateHandler,
+    IStateMachineHandler,
+)
 from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse, check_id
 from graft_tx.statefile import PersistentState, StateFile
 
@@ -91,6 +97,7 @@ class Node:
         self._info = info
         self._handler = handler
         self._machine = handler if IStateMachineHandler.providedBy(handler) else None
+        self._detailed = handler if IDetailedStateHandler.providedBy(handler) else None
         self._rpc = rpc
         self._store = store
         self._clock = clock
@@ -229,7 +236,7 @@ class Node:
         if self._state is State.CLOSED or hb.leader == self._id or hb.term < self._term:
             return
         if hb.term > self._term:
-            self._step_down(hb.term)
+            self._step_down(hb.term, leader=hb.leader)
         elif self._state is State.LEADER:
             self.log.error(
                 "node {node} leads term {term} of {cluster} but got a heartbeat from {other} "
@@ -242,6 +249,7 @@ class Node:
             return
         else:
             # A candidate of this term keeps its vote: it voted for itself.
+            self._follow(hb.leader)
             self._set_state(State.FOLLOWER)
         self._counts.heartbeats_received += 1
         self._counts.last_heartbeat = self._clock.seconds()
@@ -295,9 +303,9 @@ class Node:
             self._send(self._rpc.request_vote, VoteRequest(term, self._id, position))
 
     def _become_leader(self) -> None:
+        self._follow(self._id)
         self._set_state(State.LEADER)
         self._counts.elections_won += 1
-        self._follow(self._id)
         self._votes.clear()
         self.log.info(
             "node {node} became leader of {cluster} in term {term}",
@@ -312,9 +320,12 @@ class Node:
         self._send(self._rpc.heartbeat, Heartbeat(self._term, self._id))
         self._arm(self._timing.heartbeat_interval, self._send_heartbeat)
 
-    def _step_down(self, term: int) -> None:
-        """Adopt a higher term seen in any message: no vote, no known leader, FOLLOWER."""
+    def _step_down(self, term: int, leader: str = "") -> None:
+        """Adopt a higher term seen in any message: no vote, FOLLOWER of C{leader}
+        (C{""}: unknown)."""
         self._term, self._vote, self._leader = term, "", ""
+        if leader:
+            self._follow(leader)
         # Stepping down is the safe direction: do it even if the write fails.
         self._persist(term, "")
         self._votes.clear()
@@ -376,7 +387,7 @@ class Node:
             to_state=str(new),
             term=self._term,
         )
-        self._notify(self._handler.state_changed, old, new)
+        self._notify(self._report_change, StateChangeDetail(old, new, self._term, self._leader))
 
     def _persist(self, term: int, vote: str) -> bool:
         try:
@@ -421,6 +432,12 @@ class Node:
         return granted
 
     # -- handler delivery -----------------------------------------------
+
+    def _report_change(self, change: StateChangeDetail) -> None:
+        if self._detailed is not None:
+            self._detailed.state_changed_detail(change)
+        else:
+            self._handler.state_changed(change.from_state, change.to_state)
 
     def _report_error(self, error: Exception) -> None:
         self._notify(self._handler.async_error, error)

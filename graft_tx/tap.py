@@ -125,21 +125,23 @@ class Options(usage.Options):
         self["timing"] = self._timing()
         self["secret"] = self._secret()
         self["hook-timeout"] = _positive("--hook-timeout", self["hook-timeout"])
-        try:
-            self["hooks"] = HookCommands(
-                *(
-                    command(self[name], shell=self["hook-shell"]) if self[name] else None
-                    for name in ("on-leader", "on-follower", "on-change")
-                )
-            )
-        except ValueError as e:
-            raise usage.UsageError(f"hook command: {e}") from None
+        self["hooks"] = HookCommands(
+            *(self._hook(name) for name in ("on-leader", "on-follower", "on-change"))
+        )
         self["state-file"] = self["state-file"] or f"graft-{cluster}.state"
         directory = os.path.dirname(os.path.abspath(self["state-file"]))
         if not os.path.isdir(directory):
             raise usage.UsageError(f"--state-file: the directory {directory} does not exist")
         if transport == "nats":
             _use_asyncio_reactor()
+
+    def _hook(self, name: str) -> tuple[str, ...] | None:
+        if self[name] is None:
+            return None
+        try:
+            return command(self[name], shell=self["hook-shell"])
+        except ValueError as e:
+            raise usage.UsageError(f"--{name}: bad hook command: {e}") from None
 
     def _size(self, transport: str) -> int:
         peers = len(self["peers"])
@@ -171,8 +173,11 @@ class Options(usage.Options):
             beat = _positive("--heartbeat", self["heartbeat"])
         try:
             return Timing(low, high, beat)
-        except GraftError as e:
-            raise usage.UsageError(str(e)) from None
+        except GraftError:
+            raise usage.UsageError(
+                f"--heartbeat {beat} must be below half the minimum --election-timeout "
+                f"({low}), and the minimum must not exceed the maximum ({high})"
+            ) from None
 
     def _secret(self) -> bytes | None:
         path = self["secret-file"]

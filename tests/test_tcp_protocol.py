@@ -73,9 +73,20 @@ class RecordingNode:
 
 
 class FakeTransport(StringTransportWithDisconnection):
-    """An in-memory transport that closes its protocol at once and records aborts."""
+    """In-memory: closes its protocol at once, keeps all it wrote, records aborts."""
 
     aborted = False
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.history = b""
+
+    def write(self, data: bytes) -> None:
+        self.history += data
+        super().write(data)  # type: ignore[no-untyped-call]
+
+    def writeSequence(self, seq: Sequence[bytes]) -> None:
+        self.write(b"".join(seq))
 
     def abortConnection(self) -> None:
         self.aborted = True
@@ -115,7 +126,8 @@ class Connection:
         self.receive((dump(line) if isinstance(line, dict) else line) + b"\n")
 
     def sent_lines(self) -> list[bytes]:
-        return bytes(self.transport.value()).split(b"\n")[:-1]
+        """Every line this side wrote, including those already carried to the peer."""
+        return self.transport.history.split(b"\n")[:-1]
 
     def sent(self) -> list[dict[str, Any]]:
         """The JSON objects this side sent (handshake and error lines)."""
@@ -197,13 +209,13 @@ def join(client_peer: Peer, server_peer: Peer) -> tuple[Connection, Connection]:
     return client, server
 
 
-def hello(node: str = "a", **changes: Any) -> dict[str, Any]:
-    """A valid hello from node (to a node of cluster "c" of size 3), with changes (MISSING drops)."""
+def hello(sender: str = "a", /, **changes: Any) -> dict[str, Any]:
+    """A valid hello from sender to a node of cluster "c" of size 3, changed (MISSING drops)."""
     obj: dict[str, Any] = {
         "type": "hello",
         "version": VERSION,
         "cluster": "c",
-        "node": node,
+        "node": sender,
         "size": 3,
         "nonce": new_nonce(),
     }
@@ -270,6 +282,8 @@ def test_handshake_lets_the_client_send_to_the_server(secret: bytes | str | None
     assert client.ready and server.ready
     assert client.outcomes == [None] and server.outcomes == [None]
     assert (client.protocol.peer_id, server.protocol.peer_id) == ("b", "a")
+    assert ("proof" in server.sent()[0]) == (secret is not None)
+    assert [obj["type"] for obj in client.sent()] == ["hello"] + ["auth"] * (secret is not None)
     assert a.rpc.connected_peers == frozenset({"b"})
     assert b.rpc.connected_peers == frozenset()
     messages: list[Message] = [
@@ -307,7 +321,7 @@ def test_client_hello_is_the_documented_line() -> None:
 def test_message_lines_carry_a_mac_only_with_a_secret(secret: bytes | None) -> None:
     """With a secret each message line is '<mac> <json>'; without, the bare JSON."""
     a, b = Peer("a", secret=secret), Peer("b", secret=secret)
-    client, server = join(a, b)
+    client, _ = join(a, b)
     line = line_of(client, Heartbeat(1, "a"))
     body = dump(encode_message(Heartbeat(1, "a")))
     if secret is None:
@@ -413,7 +427,7 @@ def test_listening_side_refuses_a_bad_hello(changes: dict[str, Any], fragment: s
 
 @pytest.mark.parametrize(("changes", "fragment"), BAD_HELLOS, ids=lambda x: repr(x))
 def test_connecting_side_refuses_a_bad_hello(changes: dict[str, Any], fragment: str) -> None:
-    """The connecting side checks the listening node's hello the same way and fails its handshake."""
+    """The connecting side checks the listening node's hello alike, and its handshake fails."""
     a = Peer("a")
     conn = a.dial()
     conn.transport.clear()
@@ -447,8 +461,8 @@ def test_both_sides_log_why_a_peer_is_refused(
     server_options: dict[str, Any], fragment: str
 ) -> None:
     """The refusing node logs the reason, the refused one logs it too, and both close."""
-    a = Peer("a")
-    b = Peer(server_options.pop("node_id"), **server_options)
+    options = dict(server_options)
+    a, b = Peer("a"), Peer(options.pop("node_id"), **options)
     client, server = join(a, b)
     reason = assert_refused(b, server, fragment)
     assert reason in a.logged_reasons()
@@ -502,7 +516,7 @@ def test_client_refuses_a_server_with_the_wrong_secret() -> None:
     ],
 )
 def test_server_refuses_a_client_that_does_not_prove_the_secret(make_proof: Any) -> None:
-    """The listening side checks the auth proof: anything but the exact expected proof is refused."""
+    """The listening side checks the auth proof: anything but the exact proof is refused."""
     b = Peer("b", secret=SECRET)
     conn = b.accept()
     client_nonce = new_nonce()
@@ -518,3 +532,958 @@ def test_server_refuses_a_client_that_does_not_prove_the_secret(make_proof: Any)
     assert not conn.ready
 
 
+def test_a_recorded_handshake_cannot_be_replayed() -> None:
+    """Replaying every byte a client sent in an earlier session is refused at its auth line."""
+    a, b = Peer("a", secret=SECRET), Peer("b", secret=SECRET)
+    client, server = a.dial(), b.accept()
+    recorded = b""
+    while True:
+        to_server, to_client = client.transport.take(), server.transport.take()
+        if not to_server and not to_client:
+            break
+        recorded += to_server
+        server.receive(to_server)
+        client.receive(to_client)
+    assert server.ready
+    replay = b.accept()
+    replay.receive(recorded + line_of(client, Heartbeat(MAX_TERM, "a")) + b"\n")
+    assert_refused(b, replay, "does not prove the cluster secret")
+
+
+def test_secret_only_on_the_listening_side_is_refused() -> None:
+    """A connecting node without a secret refuses a listening node that uses one; both log why."""
+    a, b = Peer("a"), Peer("b", secret=SECRET)
+    client, server = join(a, b)
+    reason = assert_refused(a, client, "uses a cluster secret and this node has none")
+    assert client.handshake_failed()
+    assert reason in b.logged_reasons()
+    assert not server.open and not server.ready
+
+
+def test_secret_only_on_the_connecting_side_is_refused() -> None:
+    """A connecting node with a secret refuses a listening node without one; nothing arrives."""
+    a, b = Peer("a", secret=SECRET), Peer("b")
+    client, server = join(a, b)
+    assert_refused(a, client, "does not prove the cluster secret")
+    assert client.handshake_failed()
+    assert not server.open
+    assert b.node.received == []
+    assert a.rpc.connected_peers == frozenset()
+
+
+def test_listening_side_without_secret_logs_why_the_client_refused() -> None:
+    """A listening node without a secret logs the reason the secret-holding client gave."""
+    a, b = Peer("a", secret=SECRET), Peer("b")
+    client, _ = join(a, b)
+    [reason] = client.errors_sent()
+    assert reason in b.logged_reasons()
+
+
+def test_connecting_side_logs_why_the_server_refused_a_message() -> None:
+    """When the listening node refuses a message, the connecting node logs the reason given."""
+    a, b = Peer("a"), Peer("b")
+    client, server = join(a, b)
+    client.protocol.send_message(Heartbeat(1, "someone-else"))
+    pump(client, server)
+    [reason] = server.errors_sent()
+    assert reason in a.logged_reasons()
+
+
+@pytest.mark.parametrize("secret", [None, SECRET], ids=["no secret", "secret"])
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        (dump(encode_message(Heartbeat(1, "a"))), "expected a hello, got 'heartbeat'"),
+        (dump(encode_message(VoteRequest(1, "a"))), "expected a hello, got 'vote_request'"),
+        (dump(encode_message(VoteResponse(1, True))), "expected a hello, got 'vote_response'"),
+        (dump({"type": "auth", "proof": "0" * 64}), "expected a hello, got 'auth'"),
+        (b"0" * 64 + b" " + dump(encode_message(Heartbeat(1, "a"))), "not a JSON line"),
+        (b"hello", "not a JSON line"),
+        (b"", "not a JSON line"),
+        (b"[]", "not a JSON object with a type"),
+        (b'{"version":"graft-tx-tcp/1"}', "not a JSON object with a type"),
+    ],
+    ids=repr,
+)
+def test_listening_side_refuses_anything_but_a_hello_first(
+    secret: bytes | None, line: bytes, fragment: str
+) -> None:
+    """Before its hello a peer can send nothing else: messages, auth or garbage are refused."""
+    b = Peer("b", secret=secret)
+    conn = b.accept()
+    conn.receive_line(line)
+    assert_refused(b, conn, fragment)
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        (dump(hello("a")), "expected auth, got 'hello'"),
+        (dump(encode_message(Heartbeat(1, "a"))), "expected auth, got 'heartbeat'"),
+        (b"{}", "not a JSON object with a type"),
+    ],
+    ids=["hello", "heartbeat", "no type"],
+)
+def test_listening_side_with_secret_refuses_anything_but_auth_after_hello(
+    line: bytes, fragment: str
+) -> None:
+    """With a secret, the line after the hello must be the auth line."""
+    b = Peer("b", secret=SECRET)
+    conn = b.accept()
+    conn.receive_line(hello("a"))
+    conn.transport.clear()
+    conn.receive_line(line)
+    assert_refused(b, conn, fragment)
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        (dump({"type": "auth", "proof": "0" * 64}), "expected a hello, got 'auth'"),
+        (dump(encode_message(Heartbeat(1, "b"))), "expected a hello, got 'heartbeat'"),
+        (b"nonsense", "not a JSON line"),
+    ],
+    ids=["auth", "heartbeat", "garbage"],
+)
+def test_connecting_side_refuses_anything_but_a_hello_first(line: bytes, fragment: str) -> None:
+    """The connecting side expects the listening node's hello first."""
+    a = Peer("a", secret=SECRET)
+    conn = a.dial()
+    conn.transport.clear()
+    conn.receive_line(line)
+    assert_refused(a, conn, fragment)
+    assert conn.handshake_failed()
+
+
+@pytest.mark.parametrize("side", [SERVER, CLIENT])
+def test_an_error_line_from_the_peer_is_logged_and_closes(side: str) -> None:
+    """An error line during the handshake is logged with its reason and closes, without a reply."""
+    peer = Peer("b")
+    conn = peer.accept() if side == SERVER else peer.dial()
+    conn.transport.clear()
+    conn.receive_line({"type": "error", "reason": "go away"})
+    assert not conn.open and conn.protocol.state == "closed"
+    assert conn.transport.value() == b""
+    assert "go away" in peer.logged_reasons()
+    assert any("refused the connection: go away" in text for text in peer.warnings())
+    assert peer.rpc.invalid_messages == 1
+    if side == CLIENT:
+        assert conn.handshake_failed()
+
+
+def test_an_error_line_in_place_of_auth_is_logged_and_closes() -> None:
+    """With a secret, an error line instead of the auth line is logged and closes."""
+    b = Peer("b", secret=SECRET)
+    conn = b.accept()
+    conn.receive_line(hello("a"))
+    conn.transport.clear()
+    conn.receive_line({"type": "error", "reason": "bad proof"})
+    assert not conn.open and conn.transport.value() == b""
+    assert "bad proof" in b.logged_reasons()
+
+
+@pytest.mark.parametrize(
+    ("reason", "logged"),
+    [("x" * 10_000, "x" * 200), ({"a": 1}, "{'a': 1}"), (None, "None")],
+    ids=["long", "object", "null"],
+)
+def test_an_error_lines_reason_is_logged_as_short_text(reason: Any, logged: str) -> None:
+    """A peer's reason is logged as text of at most 200 characters, whatever its JSON type."""
+    b = Peer("b")
+    conn = b.accept()
+    conn.receive_line({"type": "error", "reason": reason})
+    assert b.logged_reasons() == [logged]
+    assert not conn.open
+
+
+# -- after the handshake: authentication and attribution ------------------------
+
+
+def _flip_mac(line: bytes) -> bytes:
+    return (b"0" if line[:1] != b"0" else b"1") + line[1:]
+
+
+def _alter_body(line: bytes) -> bytes:
+    return line.replace(b'"term":1,', b'"term":2,')
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        _flip_mac,
+        lambda line: line.partition(b" ")[2],
+        _alter_body,
+        lambda line: b" " + line.partition(b" ")[2],
+        lambda line: line.replace(b" ", b"  ", 1),
+        lambda line: line + b"\r",
+        lambda line: line.partition(b" ")[0],
+        lambda line: line.upper(),
+        lambda line: b"",
+    ],
+    ids=[
+        "wrong mac",
+        "no mac",
+        "altered body",
+        "empty mac",
+        "two spaces",
+        "trailing CR",
+        "mac only",
+        "upper case",
+        "empty line",
+    ],
+)
+def test_a_tampered_line_is_refused(tamper: Any) -> None:
+    """With a secret, a line whose MAC does not match its body exactly is refused and closes."""
+    _, b, client, server = secure_pair()
+    line = line_of(client, Heartbeat(1, "a"))
+    assert tamper(line) != line
+    server.receive(tamper(line) + b"\n")
+    assert_refused(b, server, "")
+    # The connection is gone: not even the genuine line is delivered now.
+    server.protocol.dataReceived(line + b"\n")
+    assert b.node.received == []
+
+
+def test_a_replayed_line_is_refused() -> None:
+    """The same authenticated line twice is delivered once, then the connection is refused."""
+    _, b, client, server = secure_pair()
+    line = line_of(client, Heartbeat(1, "a"))
+    server.receive(line + b"\n" + line + b"\n")
+    assert b.node.received == [Heartbeat(1, "a")]
+    assert not server.open
+    assert "a line failed authentication" in b.logged_reasons()
+    assert server.errors_sent() == ["a line failed authentication"]
+
+
+def test_reordered_lines_are_refused() -> None:
+    """Two authenticated lines in the wrong order deliver nothing."""
+    _, b, client, server = secure_pair()
+    first = line_of(client, Heartbeat(1, "a"))
+    second = line_of(client, Heartbeat(2, "a"))
+    server.receive(second + b"\n" + first + b"\n")
+    assert_refused(b, server, "a line failed authentication")
+
+
+def test_a_line_after_a_lost_one_is_refused() -> None:
+    """A gap in the sequence (a line removed from the stream) is refused."""
+    _, b, client, server = secure_pair()
+    line_of(client, Heartbeat(1, "a"))
+    second = line_of(client, Heartbeat(2, "a"))
+    server.receive(second + b"\n")
+    assert_refused(b, server, "a line failed authentication")
+
+
+def test_a_line_from_another_session_is_refused() -> None:
+    """A line authenticated for another connection between the same nodes is refused."""
+    a, b, _, server = secure_pair()
+    other_client, other_server = join(a, b)
+    assert other_server.ready
+    server.receive(line_of(other_client, Heartbeat(1, "a")) + b"\n")
+    assert not server.open
+    assert b.node.received == []
+    assert other_server.open
+
+
+@pytest.mark.parametrize("secret", [None, SECRET], ids=["no secret", "secret"])
+@pytest.mark.parametrize(
+    ("message", "fragment"),
+    [
+        (VoteRequest(9, "c"), "a vote request for 'c' from 'a'"),
+        (VoteRequest(9, "b"), "a vote request for 'b' from 'a'"),
+        (Heartbeat(9, "c"), "a heartbeat for 'c' from 'a'"),
+        (Heartbeat(9, "b"), "a heartbeat for 'b' from 'a'"),
+        (VoteResponse(9, True, "c"), "a vote of 'c' from 'a'"),
+        (VoteResponse(9, True, "b"), "a vote of 'b' from 'a'"),
+    ],
+    ids=repr,
+)
+def test_messages_attributed_to_another_node_are_refused(
+    secret: bytes | None, message: Message, fragment: str
+) -> None:
+    """A peer speaks only for itself: naming another candidate, leader or voter is refused."""
+    a, b = Peer("a", secret=secret), Peer("b", secret=secret)
+    client, server = join(a, b)
+    client.protocol.send_message(message)
+    server.receive(client.transport.take())
+    assert_refused(b, server, fragment)
+
+
+@pytest.mark.parametrize("secret", [None, SECRET], ids=["no secret", "secret"])
+def test_a_vote_response_without_voter_is_attributed_to_the_peer(secret: bytes | None) -> None:
+    """A vote response with an empty voter (as Go graft sends) is delivered with voter = peer id."""
+    a, b = Peer("a", secret=secret), Peer("b", secret=secret)
+    client, server = join(a, b)
+    client.protocol.send_message(VoteResponse(7, True, ""))
+    client.protocol.send_message(VoteResponse(8, False, "a"))
+    pump(client, server)
+    assert b.node.received == [VoteResponse(7, True, "a"), VoteResponse(8, False, "a")]
+    assert server.open
+
+
+@pytest.mark.parametrize("secret", [None, SECRET], ids=["no secret", "secret"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        dump(encode_message(Heartbeat(1, "b"))),
+        b"0" * 64 + b" " + dump(encode_message(Heartbeat(1, "b"))),
+        dump({"type": "hello"}),
+    ],
+    ids=["heartbeat", "maced heartbeat", "hello"],
+)
+def test_connecting_side_refuses_lines_after_the_handshake(
+    secret: bytes | None, line: bytes
+) -> None:
+    """A connection carries messages one way: the connecting side refuses any line once ready."""
+    a, b = Peer("a", secret=secret), Peer("b", secret=secret)
+    client, _ = join(a, b)
+    client.transport.clear()
+    client.receive_line(line)
+    assert_refused(a, client, "only receives")
+    assert a.rpc.connected_peers == frozenset()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        dump(hello("a")),
+        dump({"type": "auth", "proof": "0" * 64}),
+        dump({"type": "heartbeat", "term": 1.5, "leader": "a"}),
+        b"not json",
+    ],
+    ids=["hello", "auth", "bad term", "garbage"],
+)
+def test_listening_side_refuses_non_messages_after_the_handshake(line: bytes) -> None:
+    """Once ready (without a secret), a line that is not a valid message is refused."""
+    a, b = Peer("a"), Peer("b")
+    _, server = join(a, b)
+    server.receive_line(line)
+    assert_refused(b, server, "")
+
+
+# -- lines that used to escape as exceptions ------------------------------------------
+
+
+@pytest.mark.parametrize("side", [SERVER, CLIENT])
+def test_a_hello_with_an_unencodable_nonce_is_refused(side: str) -> None:
+    """With a secret, a hello whose nonce JSON decodes to lone surrogates is refused, not raised."""
+    peer = Peer("b", secret=SECRET)
+    conn = peer.accept() if side == SERVER else peer.dial()
+    conn.receive(
+        b'{"type":"hello","version":"%s","cluster":"c","node":"a","size":3,"nonce":"%s"}\n'
+        % (VERSION.encode(), b"\\ud800" * 32)
+    )
+    assert_refused(peer, conn, "")
+
+
+@pytest.mark.parametrize("side", [SERVER, CLIENT])
+def test_an_unencodable_proof_is_refused(side: str) -> None:
+    """A proof that JSON decodes to lone surrogates is refused as a wrong proof, not raised."""
+    peer = Peer("b", secret=SECRET)
+    bad_proof = b'"' + b"\\udc80" * 64 + b'"'
+    if side == SERVER:
+        conn = peer.accept()
+        conn.receive_line(hello("a"))
+        conn.receive(b'{"type":"auth","proof":' + bad_proof + b"}\n")
+    else:
+        conn = peer.dial()
+        reply = dump(hello("a"))
+        conn.receive(reply[:-1] + b',"proof":' + bad_proof + b"}\n")
+    assert_refused(peer, conn, "does not prove the cluster secret")
+
+
+@pytest.mark.parametrize("ready", [False, True], ids=["in the handshake", "after it"])
+def test_a_deeply_nested_line_is_refused(ready: bool) -> None:
+    """A short line of deeply nested JSON arrays is refused, not raised as a RecursionError."""
+    a, b = Peer("a"), Peer("b")
+    server = join(a, b)[1] if ready else b.accept()
+    server.receive(b"[" * 2000 + b"]" * 2000 + b"\n")
+    assert_refused(b, server, "")
+
+
+def test_a_vote_request_with_a_non_ascii_state_is_refused() -> None:
+    """Without a secret, a vote request whose state has non-ASCII characters is refused."""
+    a, b = Peer("a"), Peer("b")
+    _, server = join(a, b)
+    server.receive_line(b'{"type":"vote_request","term":1,"candidate":"a","state":"\xc3\xa9"}')
+    assert_refused(b, server, "")
+
+
+# -- handshake timeout ----------------------------------------------------------
+
+
+def test_a_silent_peer_is_timed_out() -> None:
+    """No hello within handshake_timeout: an error line, a log line, and the connection aborted."""
+    b = Peer("b", handshake_timeout=0.5)
+    conn = b.accept()
+    b.reactor.advance(0.49)
+    assert conn.open
+    b.reactor.advance(0.02)
+    assert_refused(b, conn, "no handshake within 0.5s")
+    assert conn.transport.aborted
+    assert b.reactor.getDelayedCalls() == []
+
+
+def test_a_dribbling_peer_is_timed_out() -> None:
+    """A peer sending its hello a byte a second does not extend the handshake's deadline."""
+    b = Peer("b")
+    conn = b.accept()
+    line = dump(hello("a")) + b"\n"
+    for i in range(5):
+        conn.receive(line[i : i + 1])
+        b.reactor.advance(1)
+    assert_refused(b, conn, "no handshake within 5.0s")
+    assert conn.transport.aborted
+
+
+def test_a_peer_that_never_sends_auth_is_timed_out() -> None:
+    """With a secret, a hello without the auth line that must follow times out."""
+    b = Peer("b", secret=SECRET)
+    conn = b.accept()
+    conn.receive_line(hello("a"))
+    conn.transport.clear()
+    b.reactor.advance(5)
+    assert_refused(b, conn, "no handshake within")
+    assert conn.transport.aborted
+
+
+def test_connecting_side_times_out_a_silent_server() -> None:
+    """A listening node that never answers the hello is timed out and the handshake fails."""
+    a = Peer("a", handshake_timeout=2)
+    conn = a.dial()
+    conn.transport.clear()
+    a.reactor.advance(2)
+    assert_refused(a, conn, "no handshake within 2.0s")
+    assert conn.transport.aborted and conn.handshake_failed()
+
+
+def test_a_refused_connection_leaves_no_timer() -> None:
+    """A connection refused during its handshake cancels its timeout."""
+    b = Peer("b")
+    conn = b.accept()
+    assert len(b.reactor.getDelayedCalls()) == 1
+    conn.receive_line(b"junk")
+    assert not conn.open
+    assert b.reactor.getDelayedCalls() == []
+
+
+def test_a_peer_that_hangs_up_leaves_no_timer() -> None:
+    """A connection lost during its handshake cancels its timeout."""
+    b = Peer("b")
+    conn = b.accept()
+    conn.transport.loseConnection()
+    assert b.reactor.getDelayedCalls() == []
+    assert b.rpc.invalid_messages == 0
+
+
+# -- pending handshakes -----------------------------------------------------------
+
+
+def test_connections_beyond_the_pending_limit_are_refused_at_once() -> None:
+    """With N handshakes pending the next connection is aborted at once, and it is logged."""
+    b = Peer("b", max_pending_handshakes=3)
+    pending = [b.accept() for _ in range(3)]
+    extra = b.accept()
+    assert all(conn.open for conn in pending)
+    assert not extra.open and extra.transport.aborted
+    assert extra.transport.value() == b""
+    assert any("3 handshakes already pending" in text for text in b.warnings())
+    assert b.rpc.invalid_messages == 1
+    assert len(b.reactor.getDelayedCalls()) == 3
+
+
+@pytest.mark.parametrize("how", ["completes", "drops", "is refused", "times out"])
+def test_a_pending_handshake_that_ends_frees_its_place(how: str) -> None:
+    """Once a pending handshake completes, drops, is refused or times out, a new one is admitted."""
+    b = Peer("b", max_pending_handshakes=2)
+    first = b.accept()
+    b.reactor.advance(3)
+    second = b.accept()
+    assert not b.accept().open
+    if how == "completes":
+        first.receive_line(hello("a"))
+        assert first.ready and first.open
+    elif how == "drops":
+        first.transport.loseConnection()
+    elif how == "is refused":
+        first.receive_line(b"junk")
+    else:
+        b.reactor.advance(2.5)
+        assert not first.open
+    assert second.open
+    newcomer = b.accept()
+    assert newcomer.open
+    assert not b.accept().open
+
+
+def test_established_connections_do_not_count_as_pending() -> None:
+    """Completed handshakes free their place: established connections are not limited."""
+    b = Peer("b", max_pending_handshakes=1)
+    established = []
+    for _ in range(5):
+        conn = b.accept()
+        conn.receive_line(hello("a"))
+        established.append(conn)
+    assert all(conn.ready and conn.open for conn in established)
+    assert b.accept().open
+
+
+def test_outgoing_connections_do_not_count_as_pending() -> None:
+    """Only incoming handshakes are limited: dialling out is never refused by the limit."""
+    a = Peer("a", max_pending_handshakes=1)
+    incoming = a.accept()
+    outgoing = [a.dial() for _ in range(3)]
+    assert incoming.open and all(conn.open for conn in outgoing)
+    assert not a.accept().open
+
+
+# -- line length ------------------------------------------------------------------
+
+
+def test_an_over_long_line_is_refused() -> None:
+    """A line longer than max_line_length is refused and the connection dropped."""
+    b = Peer("b", max_line_length=1024)
+    conn = b.accept()
+    conn.receive(b"x" * 1025 + b"\n")
+    assert_refused(b, conn, "a line longer than 1024 bytes")
+
+
+def test_an_over_long_line_is_refused_before_it_ends() -> None:
+    """More than max_line_length bytes without a newline is refused without waiting for the end."""
+    b = Peer("b", max_line_length=1024)
+    conn = b.accept()
+    conn.receive(b"{" + b" " * 1024)
+    assert_refused(b, conn, "a line longer than 1024 bytes")
+
+
+def test_a_line_of_exactly_the_maximum_length_is_accepted() -> None:
+    """A hello padded to exactly max_line_length bytes is still a valid hello."""
+    b = Peer("b", max_line_length=1024)
+    conn = b.accept()
+    line = dump(hello("a"))
+    padded = line[:-1] + b" " * (1024 - len(line)) + b"}"
+    assert len(padded) == 1024
+    conn.receive(padded + b"\n")
+    assert conn.ready and conn.open
+
+
+def test_an_over_long_message_after_the_handshake_is_refused() -> None:
+    """After an authenticated handshake an over-long message line is refused, not delivered."""
+    a, b = Peer("a", secret=SECRET), Peer("b", secret=SECRET, max_line_length=1024)
+    client, server = join(a, b)
+    client.protocol.send_message(VoteRequest(1, "a", b"x" * 1000))
+    server.receive(client.transport.take())
+    assert_refused(b, server, "a line longer than 1024 bytes")
+
+
+# -- rate-limited logging -----------------------------------------------------------
+
+
+def test_a_flood_of_bad_connections_is_logged_with_a_rate_limit() -> None:
+    """500 bad connections make at most 10 warnings, all are counted, and the node carries on."""
+    b = Peer("b")
+    for _ in range(500):
+        conn = b.accept()
+        conn.receive(b"junk\n")
+        assert not conn.open
+    assert b.rpc.invalid_messages == 500
+    assert 1 <= len(b.warnings()) <= 10
+    b.reactor.advance(60)
+    b.accept().receive(b"junk\n")
+    assert any("490 similar warnings were not logged" in text for text in b.warnings())
+    client, server = join(Peer("a"), b)
+    client.protocol.send_message(Heartbeat(1, "a"))
+    pump(client, server)
+    assert b.node.received == [Heartbeat(1, "a")]
+
+
+def test_a_flood_of_silent_connections_is_held_to_the_pending_limit() -> None:
+    """Of 500 connections that never say hello, 16 wait, the rest are refused; all time out."""
+    b = Peer("b")
+    flood = [b.accept() for _ in range(500)]
+    assert sum(conn.open for conn in flood) == 16
+    assert b.rpc.invalid_messages == 484
+    assert len(b.warnings()) <= 10
+    b.reactor.advance(5)
+    assert not any(conn.open for conn in flood)
+    assert b.rpc.invalid_messages == 500
+    assert b.reactor.getDelayedCalls() == []
+    newcomer = b.accept()
+    newcomer.receive_line(hello("a"))
+    assert newcomer.ready
+
+
+# -- hostile input, property-based ------------------------------------------------------
+
+
+SPECIAL_VALUES: list[Any] = [
+    "",
+    "a",
+    "b",
+    "c",
+    "x\ny",
+    VERSION,
+    "0" * 32,
+    "\ud800" * 32,
+    "é" * 32,
+    "é",
+    "AQ==é",
+    "AQ==",
+    0,
+    -1,
+    3,
+    2**64,
+    MAX_TERM,
+    1.0,
+    True,
+    None,
+    [],
+    {},
+]
+
+json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),
+        st.text(max_size=40),
+        st.sampled_from(SPECIAL_VALUES),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+def _json_line(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode("ascii")
+
+
+def mutations(line: bytes) -> st.SearchStrategy[bytes]:
+    """Lines near a valid one: flipped bytes, cuts, duplicated slices, changed fields, types."""
+    if line.startswith(b"{"):
+        prefix, body = b"", line
+    else:
+        mac, _, body = line.partition(b" ")
+        prefix = mac + b" "
+    obj: dict[str, Any] = json.loads(body)
+    n = len(line)
+
+    def flip(at_by: tuple[int, int]) -> bytes:
+        at, by = at_by
+        return line[:at] + bytes([line[at] ^ by]) + line[at + 1 :]
+
+    def duplicate(ends: tuple[int, int]) -> bytes:
+        return line[: max(ends)] + line[min(ends) :]
+
+    def insert(at_what: tuple[int, bytes]) -> bytes:
+        at, what = at_what
+        return line[:at] + what + line[at:]
+
+    def set_field(key_value: tuple[str, Any]) -> bytes:
+        key, value = key_value
+        return prefix + _json_line({**obj, key: value})
+
+    def drop_field(key: str) -> bytes:
+        return prefix + _json_line({k: v for k, v in obj.items() if k != key})
+
+    def confuse(shape: str) -> bytes:
+        other: Any = {
+            "values": list(obj.values()),
+            "items": sorted(obj.items()),
+            "string": json.dumps(obj),
+            "wrapped": [obj],
+            "number": len(obj),
+        }[shape]
+        return prefix + _json_line(other)
+
+    return st.one_of(
+        st.tuples(st.integers(0, n - 1), st.integers(1, 255)).map(flip),
+        st.integers(0, n - 1).map(lambda k: line[:k]),
+        st.tuples(st.integers(0, n), st.integers(0, n)).map(duplicate),
+        st.tuples(st.integers(0, n), st.binary(min_size=1, max_size=8)).map(insert),
+        st.tuples(
+            st.sampled_from([*sorted(obj), "extra"]),
+            st.one_of(st.sampled_from(SPECIAL_VALUES), json_values),
+        ).map(set_field),
+        st.sampled_from(sorted(obj)).map(drop_field),
+        st.sampled_from(["values", "items", "string", "wrapped", "number"]).map(confuse),
+        st.just(line + b"\n" + line),
+        st.integers(1, 3000).map(lambda depth: prefix + b"[" * depth + b"]" * depth),
+        st.binary(max_size=64),
+    )
+
+
+terms = st.integers(0, MAX_TERM)
+messages_of_a = st.one_of(
+    st.builds(VoteRequest, terms, st.just("a"), st.binary(max_size=24)),
+    st.builds(VoteResponse, terms, st.booleans(), st.sampled_from(["", "a"])),
+    st.builds(Heartbeat, terms, st.just("a")),
+)
+
+
+STREAM_OPS = ["keep", "keep", "mutate", "drop", "repeat", "swap", "junk"]
+
+
+def draw_stream(data: st.DataObject, valid: Sequence[bytes]) -> list[bytes]:
+    """The valid lines, each kept, mutated, dropped, repeated, swapped or preceded by junk."""
+    fed: list[bytes] = []
+    i = 0
+    while i < len(valid):
+        line = valid[i]
+        op = data.draw(st.sampled_from(STREAM_OPS))
+        if op == "mutate":
+            fed.append(data.draw(mutations(line)))
+        elif op == "drop":
+            pass
+        elif op == "repeat":
+            fed += [line, line]
+        elif op == "swap" and i + 1 < len(valid):
+            fed += [valid[i + 1], line]
+            i += 1
+        elif op == "junk":
+            fed += [data.draw(st.binary(max_size=40)), line]
+        else:
+            fed.append(line)
+        i += 1
+    return fed
+
+
+def feed_in_chunks(data: st.DataObject, protocol: PeerProtocol, lines: Sequence[bytes]) -> bytes:
+    """Send the lines as one stream cut at random places; return the stream."""
+    stream = b"".join(line + b"\n" for line in lines)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=4)))
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        protocol.dataReceived(stream[start:end])
+    return stream
+
+
+# pytest-twisted breaks @given on parametrized tests (it rewraps the shared inner
+# test), so the side and the secret are drawn instead.
+@settings(max_examples=100, deadline=None)
+@given(
+    side=st.sampled_from([SERVER, CLIENT]),
+    secret=st.sampled_from([None, SECRET]),
+    chunks=st.lists(st.binary(max_size=300), max_size=6),
+)
+def test_random_bytes_neither_raise_nor_deliver(
+    side: str, secret: bytes | None, chunks: list[bytes]
+) -> None:
+    """Random bytes on a new connection raise nothing out of dataReceived and deliver nothing."""
+    peer = Peer("b", secret=secret)
+    conn = peer.accept() if side == SERVER else peer.dial()
+    for chunk in chunks:
+        conn.protocol.dataReceived(chunk)
+    assert peer.node.received == []
+    assert not conn.ready
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_a_client_without_the_secret_never_reaches_the_node(data: st.DataObject) -> None:
+    """Mutated hellos, auth lines and MACed messages from a peer without the secret do nothing."""
+    b = Peer("b", secret=SECRET)
+    conn = b.accept()
+    guess = Keys(b"a guess")
+    client_nonce = new_nonce()
+    good_hello = dump(hello("a", nonce=client_nonce))
+    hellos = data.draw(
+        st.lists(st.one_of(st.just(good_hello), mutations(good_hello)), min_size=1, max_size=3)
+    )
+    feed_in_chunks(data, conn.protocol, hellos)
+    # The attacker sees the server's nonce and answers with its best guesses.
+    replies = [obj for obj in conn.sent() if obj.get("type") == "hello"]
+    server_nonce = replies[0]["nonce"] if replies else new_nonce()
+    auth = dump({"type": "auth", "proof": guess.proof("client", client_nonce, server_nonce)})
+    session = guess.session(client_nonce, server_nonce)
+    bodies = [dump(encode_message(m)) for m in (Heartbeat(MAX_TERM, "a"), VoteRequest(9, "a"))]
+    maced = [
+        Keys.line_mac(session, i, body).encode() + b" " + body for i, body in enumerate(bodies)
+    ]
+    rest = data.draw(
+        st.lists(
+            st.one_of(
+                st.just(auth),
+                mutations(auth),
+                st.sampled_from(maced + bodies),
+                mutations(maced[0]),
+                mutations(bodies[1]),
+                st.binary(max_size=80),
+            ),
+            max_size=6,
+        )
+    )
+    feed_in_chunks(data, conn.protocol, rest)
+    assert b.node.received == []
+    assert not conn.ready
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_only_exact_maced_lines_in_sequence_are_delivered(data: st.DataObject) -> None:
+    """After an authenticated handshake, delivery stops at the first line not sent exactly so."""
+    _, b, client, server = secure_pair()
+    sent = data.draw(st.lists(messages_of_a, min_size=1, max_size=5))
+    valid = [line_of(client, message) for message in sent]
+    stream = feed_in_chunks(data, server.protocol, draw_stream(data, valid))
+    expected: list[Message] = []
+    for line in stream.split(b"\n")[:-1]:
+        if len(expected) < len(valid) and line == valid[len(expected)]:
+            expected.append(sent[len(expected)])
+        else:
+            break
+    delivered = [
+        VoteResponse(m.term, m.granted, "a") if isinstance(m, VoteResponse) else m for m in expected
+    ]
+    assert b.node.received == delivered
+
+
+def _acceptable_from_a(line: bytes) -> Message | None:
+    """What a node without a secret should accept from peer a on this line, if anything."""
+    try:
+        message = decode_message(load(line))
+    except (LineError, Exception):
+        return None
+    if isinstance(message, VoteRequest):
+        return message if message.candidate == "a" else None
+    if isinstance(message, Heartbeat):
+        return message if message.leader == "a" else None
+    return VoteResponse(message.term, message.granted, "a") if message.voter in ("", "a") else None
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_without_a_secret_only_valid_messages_of_the_peer_are_delivered(
+    data: st.DataObject,
+) -> None:
+    """Without a secret, mutated lines raise nothing; delivery stops at the first invalid line."""
+    a, b = Peer("a"), Peer("b")
+    _, server = join(a, b)
+    sent = data.draw(st.lists(messages_of_a, min_size=1, max_size=4))
+    valid = [dump(encode_message(message)) for message in sent]
+    stream = feed_in_chunks(data, server.protocol, draw_stream(data, valid))
+    expected: list[Message] = []
+    for line in stream.split(b"\n")[:-1]:
+        message = _acceptable_from_a(line)
+        if message is None:
+            break
+        expected.append(message)
+    assert b.node.received == expected
+
+
+# -- TcpRpc configuration -------------------------------------------------------------
+
+
+LISTEN = "tcp:7001"
+PEERS = ["tcp:host=127.0.0.1:port=7002", "tcp:host=127.0.0.1:port=7003"]
+
+
+@pytest.mark.parametrize("listen", ["", "   "])
+def test_empty_listen_is_a_config_error(listen: str) -> None:
+    """An empty listen endpoint is refused when the TcpRpc is made."""
+    with pytest.raises(TcpConfigError, match="listen"):
+        TcpRpc(listen, PEERS)
+
+
+@pytest.mark.parametrize("peers", [PEERS[0], PEERS[0].encode(), set(PEERS), None, 7002], ids=repr)
+def test_peers_must_be_a_list_of_endpoints(peers: Any) -> None:
+    """A single endpoint string (a common slip), bytes, a set or a non-sequence is refused."""
+    with pytest.raises(TcpConfigError, match="peers must be a list"):
+        TcpRpc(LISTEN, peers)
+
+
+@pytest.mark.parametrize("peers", [[""], [PEERS[0], "  "]], ids=repr)
+def test_an_empty_peer_endpoint_is_a_config_error(peers: list[str]) -> None:
+    """An empty string among the peers is refused."""
+    with pytest.raises(TcpConfigError, match="must not be empty"):
+        TcpRpc(LISTEN, peers)
+
+
+@pytest.mark.parametrize("secret", [b"", "", 5, ["x"]], ids=repr)
+def test_secret_must_be_non_empty_bytes_or_str(secret: Any) -> None:
+    """An empty secret, or one that is neither bytes nor str, is refused."""
+    with pytest.raises(TcpConfigError, match="secret"):
+        TcpRpc(LISTEN, PEERS, secret=secret)
+
+
+OPTIONS = ["max_line_length", "handshake_timeout", "max_pending_handshakes", "retry_max_delay"]
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("value", [0, -1, -0.5, True, "5", None], ids=repr)
+def test_non_positive_or_non_numeric_options_are_config_errors(option: str, value: Any) -> None:
+    """Every numeric option must be a positive number (not a bool or a string)."""
+    with pytest.raises(TcpConfigError, match=option):
+        TcpRpc(LISTEN, PEERS, **{option: value})
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_nan_options_are_config_errors(option: str) -> None:
+    """NaN is not a positive number: every numeric option refuses it."""
+    with pytest.raises(TcpConfigError, match=option):
+        TcpRpc(LISTEN, PEERS, **{option: float("nan")})
+
+
+@pytest.mark.parametrize("option", ["max_line_length", "max_pending_handshakes"])
+def test_infinite_counts_are_config_errors(option: str) -> None:
+    """An infinite line length or handshake count is a TcpConfigError, not an OverflowError."""
+    with pytest.raises(TcpConfigError, match=option):
+        TcpRpc(LISTEN, PEERS, **{option: float("inf")})
+
+
+def test_max_line_length_must_be_at_least_1024() -> None:
+    """A maximum line length below 1024 bytes is refused; 1024 is accepted."""
+    with pytest.raises(TcpConfigError, match="at least 1024"):
+        TcpRpc(LISTEN, PEERS, max_line_length=1023)
+    assert TcpRpc(LISTEN, PEERS, max_line_length=1024).max_line_length == 1024
+
+
+def test_config_error_is_a_graft_error_and_a_value_error() -> None:
+    """TcpConfigError can be caught as GraftError or ValueError."""
+    assert issubclass(TcpConfigError, GraftError) and issubclass(TcpConfigError, ValueError)
+
+
+def test_nothing_happens_before_init() -> None:
+    """Making a TcpRpc neither listens nor dials; init does both, on the given reactor."""
+    reactor = MemoryReactorClock()
+    rpc = TcpRpc("tcp:7001:interface=127.0.0.1", PEERS, reactor=reactor)
+    assert reactor.tcpServers == [] and reactor.tcpClients == []
+    rpc.init(RecordingNode("a", size=3))
+    assert [(port, interface) for port, _, _, interface in reactor.tcpServers] == [
+        (7001, "127.0.0.1")
+    ]
+    assert [(host, port) for host, port, *_ in reactor.tcpClients] == [
+        ("127.0.0.1", 7002),
+        ("127.0.0.1", 7003),
+    ]
+    assert rpc.port is not None
+
+
+@pytest.mark.parametrize(("size", "peers"), [(5, 2), (2, 2), (1, 2), (3, 0)])
+def test_init_refuses_a_size_that_is_not_peers_plus_one(size: int, peers: int) -> None:
+    """A node whose cluster size is not the number of peers plus one is refused, naming both."""
+    reactor = MemoryReactorClock()
+    rpc = TcpRpc(LISTEN, PEERS[:peers], reactor=reactor)
+    with pytest.raises(TcpConfigError, match=rf"size {size}\b.*\b{peers} peer\(s\)"):
+        rpc.init(RecordingNode("a", size=size))
+    assert reactor.tcpServers == [] and reactor.tcpClients == []
+
+
+def test_init_twice_is_refused() -> None:
+    """A TcpRpc carries one node, once."""
+    peer = Peer("a")
+    with pytest.raises(GraftError):
+        peer.rpc.init(RecordingNode("z"))
+
+
+@pytest.mark.parametrize(
+    ("listen", "peers"),
+    [("bogus:7001", PEERS), (LISTEN, [PEERS[0], "bogus:host=x"])],
+    ids=["listen", "peer"],
+)
+def test_unparsable_endpoints_are_config_errors_at_init(listen: str, peers: list[str]) -> None:
+    """An endpoint string Twisted cannot parse is a TcpConfigError naming it."""
+    rpc = TcpRpc(listen, peers, reactor=MemoryReactorClock())
+    with pytest.raises(TcpConfigError, match="bogus"):
+        rpc.init(RecordingNode("a", size=3))

@@ -10,7 +10,6 @@ forged, altered, replayed or reordered without the connection failing.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -41,7 +40,7 @@ def load(line: bytes) -> dict[str, Any]:
     """Parse one line as a JSON object with a string C{type}."""
     try:
         obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         raise LineError("not a JSON line") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise LineError("not a JSON object with a type")
@@ -90,7 +89,7 @@ def decode_message(obj: dict[str, Any]) -> Message:
             )
         if kind == "heartbeat":
             return Heartbeat(obj.get("term"), obj.get("leader"))  # type: ignore[arg-type]
-    except (MessageError, binascii.Error) as e:
+    except (MessageError, ValueError) as e:  # binascii.Error is a ValueError
         raise LineError(f"invalid {kind}: {e}") from None
     raise LineError(f"unknown message type {kind!r}")
 
@@ -122,4 +121,18 @@ class Keys:
 
 def same(a: object, b: str) -> bool:
     """Constant-time comparison of a received MAC with the expected one."""
-    return isinstance(a, str) and hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+    if not isinstance(a, str):
+        return False
+    # surrogatepass: JSON can carry lone surrogates, which plain UTF-8 refuses.
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8"))
+
+
+def is_nonce(value: object) -> bool:
+    """Whether C{value} is a nonce as L{new_nonce} makes them."""
+    if not isinstance(value, str) or len(value) != 2 * NONCE_BYTES:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True

@@ -20,6 +20,7 @@ closed, and both sides log why.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from typing import Any, cast
@@ -53,6 +54,7 @@ from graft_tx.transport.lines import (
     decode_message,
     dump,
     encode_message,
+    is_nonce,
     load,
     new_nonce,
     same,
@@ -135,23 +137,40 @@ class PeerProtocol(LineOnlyReceiver):
 
     def _line(self, line: bytes) -> None:
         if self.state == "ready":
-            if self._side == CLIENT:
-                raise LineError("a line from a peer that only receives on this connection")
-            message = decode_message(load(self._authenticated(line)))
-            self._rpc._deliver(self, message)
+            if self._side == CLIENT or (self._session is not None and line.startswith(b"{")):
+                # Nothing but the peer's refusal may come unauthenticated.
+                try:
+                    refused = self._peer_refused(load(line))
+                except LineError:
+                    refused = False
+                if not refused and self._side == CLIENT:
+                    raise LineError("a line from a peer that only receives on this connection")
+                if not refused:
+                    raise LineError("a line failed authentication")
+                return
+            obj = load(self._authenticated(line))
+            if not self._peer_refused(obj):
+                self._rpc._deliver(self, decode_message(obj))
             return
         obj = load(line)
-        if obj["type"] == "error":
-            self._rpc._warn(
-                "peer {peer} refused the connection: {reason}",
-                peer=self._describe(),
-                reason=str(obj.get("reason", ""))[:200],
-            )
-            self._close()
-        elif self.state == "hello":
+        if self._peer_refused(obj):
+            return
+        if self.state == "hello":
             self._on_hello(obj)
         else:
             self._on_auth(obj)
+
+    def _peer_refused(self, obj: dict[str, Any]) -> bool:
+        """Log and close on the peer's C{error} line; whether it was one."""
+        if obj["type"] != "error":
+            return False
+        self._rpc._warn(
+            "peer {peer} refused the connection: {reason}",
+            peer=self._describe(),
+            reason=str(obj.get("reason", ""))[:200],
+        )
+        self._close()
+        return True
 
     def _on_hello(self, obj: dict[str, Any]) -> None:
         rpc = self._rpc
@@ -165,7 +184,8 @@ class PeerProtocol(LineOnlyReceiver):
                 f"peer of cluster {obj.get('cluster')!r}; "
                 f"this node is of {node.cluster_info.name!r}"
             )
-        if obj.get("size") != node.cluster_info.size:
+        size = obj.get("size")
+        if type(size) is not int or size != node.cluster_info.size:
             raise LineError(
                 f"peer says the cluster has {obj.get('size')!r} nodes; "
                 f"this node says {node.cluster_info.size}"
@@ -178,8 +198,9 @@ class PeerProtocol(LineOnlyReceiver):
         if peer == node.id:
             raise LineError(f"the peer has this node's own id {peer!r}")
         nonce = obj.get("nonce")
-        if not isinstance(nonce, str) or len(nonce) != 32:
+        if not is_nonce(nonce):
             raise LineError("a hello without a valid nonce")
+        assert isinstance(nonce, str)
         assert isinstance(peer, str)
         self.peer_id, self._peer_nonce = peer, nonce
         keys = rpc.keys
@@ -343,8 +364,11 @@ class TcpRpc:
         if isinstance(peers, (str, bytes)) or not isinstance(peers, Sequence):
             raise TcpConfigError(f"peers must be a list of client endpoints, not {peers!r}")
         for peer in peers:
-            if isinstance(peer, str) and not peer.strip():
-                raise TcpConfigError("a peer endpoint must not be empty")
+            if isinstance(peer, str):
+                if not peer.strip():
+                    raise TcpConfigError("a peer endpoint must not be empty")
+            elif not IStreamClientEndpoint.providedBy(peer):
+                raise TcpConfigError(f"a peer must be an endpoint string, not {peer!r}")
         if isinstance(secret, str):
             secret = secret.encode("utf-8")
         if secret is not None and (not isinstance(secret, bytes) or not secret):
@@ -355,8 +379,13 @@ class TcpRpc:
             ("max_pending_handshakes", max_pending_handshakes),
             ("retry_max_delay", retry_max_delay),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise TcpConfigError(f"{name} must be a positive number, not {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise TcpConfigError(f"{name} must be a positive, finite number, not {value!r}")
         if max_line_length < 1024:
             raise TcpConfigError("max_line_length must be at least 1024 bytes")
         self._listen = listen

@@ -1,0 +1,456 @@
+"""The status, leader, health and metrics pages, with twisted.web's test helpers, on a Clock."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes import RecordingHandler, RecordingRpc, result_of
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource, getChildForRequest
+from twisted.web.server import Site
+from twisted.web.test.requesthelper import DummyRequest
+
+from graft_tx import ClusterInfo, GraftService, Heartbeat, State, VoteResponse
+from graft_tx.node import Node
+from graft_tx.testing import MemoryNetwork
+from graft_tx.web import GraftResource
+
+STATES = ("Follower", "Candidate", "Leader", "Closed")
+
+
+@dataclass
+class Response:
+    code: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        assert self.headers["content-type"] == "application/json"
+        return json.loads(self.body)
+
+
+def get(resource: Resource, path: str) -> Response:
+    """GET C{path} from a Site over C{resource}, through a real HTTPChannel and Request."""
+    site = Site(resource, reactor=Clock())
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    assert channel is not None
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(
+        f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode("ascii")
+    )
+    raw = transport.value()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    assert int(headers["content-length"]) == len(body)
+    return Response(int(status.split()[1]), headers, body)
+
+
+def make_service(
+    tmp_path: Path, clock: Clock, rpc: Any, node_id: str = "a", size: int = 3
+) -> GraftService:
+    return GraftService(
+        ClusterInfo("web", size),
+        RecordingHandler(),
+        rpc,
+        str(tmp_path / f"{node_id}.state"),
+        clock=clock,
+        node_id=node_id,
+    )
+
+
+def advance(clock: Clock, seconds: float, step: float = 0.01) -> None:
+    for _ in range(round(seconds / step)):
+        clock.advance(step)
+
+
+def running_node(service: GraftService) -> Node:
+    assert service.node is not None
+    return service.node
+
+
+class CountingRpc(RecordingRpc):
+    """A RecordingRpc that counts dropped messages, as NatsRpc and TcpRpc do."""
+
+    invalid_messages = 4
+    dropped_outgoing = 2
+
+
+def elected_cluster(tmp_path: Path) -> tuple[Clock, list[GraftService], GraftService]:
+    """Three services on one MemoryNetwork, run until one of them leads."""
+    clock = Clock()
+    network = MemoryNetwork(clock, latency=0.005)
+    services = [make_service(tmp_path, clock, network.rpc(), node_id) for node_id in "abc"]
+    for service in services:
+        service.startService()
+    for _ in range(300):
+        advance(clock, 0.01, 0.01)
+        leaders = [s for s in services if running_node(s).state is State.LEADER]
+        if leaders and all(running_node(s).leader for s in services):
+            break
+    assert len(leaders) == 1
+    advance(clock, 0.3)
+    return clock, services, leaders[0]
+
+
+def stop_all(services: list[GraftService]) -> None:
+    for service in services:
+        if service.running:
+            result_of(service.stopService())
+
+
+def metrics_of(body: bytes) -> dict[str, Any]:
+    """Families by name (counters without _total) from Prometheus text."""
+    return {family.name: family for family in text_string_to_metric_families(body.decode())}
+
+
+def sample(families: dict[str, Any], name: str, **labels: str) -> float:
+    for family in families.values():
+        for each in family.samples:
+            if each.name == name and all(each.labels.get(k) == v for k, v in labels.items()):
+                return float(each.value)
+    raise AssertionError(f"no sample {name} {labels}")
+
+
+# -- /status -----------------------------------------------------------------------
+
+
+def test_status_before_start_is_starting(tmp_path: Path) -> None:
+    """Before the service starts /status answers 503 with {"state": "Starting"}."""
+    service = make_service(tmp_path, Clock(), RecordingRpc())
+    response = get(GraftResource(service), "/status")
+    assert response.code == 503
+    assert response.json() == {"state": "Starting"}
+
+
+def test_status_fields_match_the_nodes(tmp_path: Path) -> None:
+    """Each node's /status carries its id, cluster, size, state, term, vote, leader and stats."""
+    _, services, leader = elected_cluster(tmp_path)
+    try:
+        for service in services:
+            node = running_node(service)
+            stats = node.stats()
+            response = get(GraftResource(service), "/status")
+            assert response.code == 200
+            assert response.headers["cache-control"] == "no-store"
+            status = response.json()
+            assert status["id"] == node.id
+            assert status["cluster"] == "web"
+            assert status["size"] == 3
+            assert status["state"] == str(node.state)
+            assert status["term"] == node.current_term >= 1
+            assert status["vote"] == node.current_vote
+            assert status["leader"] == node.leader == running_node(leader).id
+            assert status["is_leader"] is (service is leader)
+            assert status["last_state_change"] == stats.last_state_change
+            assert status["elections_started"] == stats.elections_started
+            assert status["elections_won"] == stats.elections_won
+            assert status["votes_granted"] == stats.votes_granted
+            assert status["heartbeats_sent"] == stats.heartbeats_sent
+            assert status["heartbeats_received"] == stats.heartbeats_received
+            assert status["leader_changes"] == stats.leader_changes
+            assert status["last_heartbeat"] == stats.last_heartbeat
+            if service is leader:
+                assert status["state"] == "Leader"
+                assert status["vote"] == node.id
+                assert status["elections_won"] == 1
+                assert status["heartbeats_sent"] > 1
+                assert status["last_heartbeat"] is None
+            else:
+                assert status["state"] == "Follower"
+                assert status["heartbeats_received"] > 1
+                assert isinstance(status["last_heartbeat"], float)
+    finally:
+        stop_all(services)
+
+
+def test_status_times_follow_the_clock(tmp_path: Path) -> None:
+    """last_state_change and last_heartbeat are the clock's times of those events."""
+    clock = Clock()
+    clock.advance(1_700_000_000.0)
+    rpc = RecordingRpc()
+    service = make_service(tmp_path, clock, rpc)
+    service.startService()
+    try:
+        resource = GraftResource(service)
+        fresh = get(resource, "/status").json()
+        assert fresh["state"] == "Follower"
+        assert fresh["term"] == 0
+        assert fresh["vote"] == ""
+        assert fresh["leader"] == ""
+        assert fresh["last_state_change"] is None
+        assert fresh["last_heartbeat"] is None
+        # Before the election timeout (at least 0.5 s): still a follower.
+        clock.advance(0.25)
+        running_node(service).handle_heartbeat(Heartbeat(3, "b"))
+        status = get(resource, "/status").json()
+        assert status["term"] == 3
+        assert status["leader"] == "b"
+        assert status["last_heartbeat"] == 1_700_000_000.25
+        assert status["last_state_change"] is None
+        clock.advance(0.25)
+        running_node(service).handle_heartbeat(Heartbeat(3, "b"))
+        assert get(resource, "/status").json()["last_heartbeat"] == 1_700_000_000.5
+        # No more heartbeats: the node campaigns, and the change is timed.
+        advance(clock, 1.0)
+        status = get(resource, "/status").json()
+        assert status["state"] == "Candidate"
+        assert 1_700_000_001.0 <= status["last_state_change"] <= 1_700_000_001.5
+        assert status["last_heartbeat"] == 1_700_000_000.5
+    finally:
+        result_of(service.stopService())
+
+
+def test_status_of_candidate_and_closed(tmp_path: Path) -> None:
+    """/status reports a candidate's own vote, and Closed after the service stops."""
+    clock = Clock()
+    service = make_service(tmp_path, clock, RecordingRpc())
+    service.startService()
+    resource = GraftResource(service)
+    advance(clock, 1.0)
+    status = get(resource, "/status").json()
+    assert status["state"] == "Candidate"
+    assert status["vote"] == "a"
+    assert status["term"] >= 1
+    assert status["last_state_change"] is not None
+    result_of(service.stopService())
+    response = get(resource, "/status")
+    assert response.code == 200
+    assert response.json()["state"] == "Closed"
+
+
+# -- /leader and /healthz ----------------------------------------------------------
+
+
+def test_leader_page_only_on_the_leader(tmp_path: Path) -> None:
+    """/leader answers 200 on the leader and 503 on its followers."""
+    _, services, leader = elected_cluster(tmp_path)
+    try:
+        for service in services:
+            response = get(GraftResource(service), "/leader")
+            assert response.code == (200 if service is leader else 503)
+            assert response.headers["content-type"] == "text/plain; charset=utf-8"
+            assert response.headers["cache-control"] == "no-store"
+    finally:
+        stop_all(services)
+
+
+def test_leader_page_503_before_start_candidate_and_closed(tmp_path: Path) -> None:
+    """/leader is 503 before start, while a candidate, and after a leader stops."""
+    clock = Clock()
+    rpc = RecordingRpc()
+    service = make_service(tmp_path, clock, rpc)
+    resource = GraftResource(service)
+    assert get(resource, "/leader").code == 503
+    service.startService()
+    assert get(resource, "/leader").code == 503
+    advance(clock, 1.0)
+    node = running_node(service)
+    assert node.state is State.CANDIDATE
+    assert get(resource, "/leader").code == 503
+    node.handle_vote_response(VoteResponse(node.current_term, True, "b"))
+    assert node.state is State.LEADER
+    assert get(resource, "/leader").code == 200
+    result_of(service.stopService())
+    assert get(resource, "/leader").code == 503
+
+
+def test_healthz_while_running(tmp_path: Path) -> None:
+    """/healthz is 503 before start, 200 while running (in any state), 503 after stop."""
+    clock = Clock()
+    service = make_service(tmp_path, clock, RecordingRpc())
+    resource = GraftResource(service)
+    assert get(resource, "/healthz").code == 503
+    service.startService()
+    try:
+        response = get(resource, "/healthz")
+        assert response.code == 200
+        assert response.headers["content-type"] == "text/plain; charset=utf-8"
+        advance(clock, 1.0)
+        assert running_node(service).state is State.CANDIDATE
+        assert get(resource, "/healthz").code == 200
+    finally:
+        result_of(service.stopService())
+    assert get(resource, "/healthz").code == 503
+
+
+# -- /metrics ----------------------------------------------------------------------
+
+
+def test_metrics_match_node_stats(tmp_path: Path) -> None:
+    """/metrics parses as Prometheus text and every value matches the node and its stats."""
+    _, services, leader = elected_cluster(tmp_path)
+    try:
+        for service in services:
+            node = running_node(service)
+            response = get(GraftResource(service), "/metrics")
+            assert response.code == 200
+            assert response.headers["content-type"] == CONTENT_TYPE_LATEST
+            families = metrics_of(response.body)
+            ids = {"cluster": "web", "node": node.id}
+            for state in STATES:
+                expected = 1.0 if str(node.state) == state else 0.0
+                assert sample(families, "graft_state", state=state, **ids) == expected
+            assert families["graft_state"].type == "gauge"
+            is_leader = 1.0 if service is leader else 0.0
+            assert sample(families, "graft_is_leader", **ids) == is_leader
+            assert sample(families, "graft_term", **ids) == node.current_term
+            stats = node.stats()
+            for name in (
+                "elections_started",
+                "elections_won",
+                "votes_granted",
+                "heartbeats_sent",
+                "heartbeats_received",
+                "leader_changes",
+            ):
+                assert families[f"graft_{name}"].type == "counter"
+                assert sample(families, f"graft_{name}_total", **ids) == getattr(stats, name)
+            # MemoryRpc keeps no drop counters, so those metrics are absent.
+            assert "graft_messages_invalid" not in families
+            assert "graft_messages_unsent" not in families
+    finally:
+        stop_all(services)
+
+
+def test_metrics_state_is_one_hot(tmp_path: Path) -> None:
+    """graft_state is 1 for exactly the current state, through Follower, Candidate, Leader."""
+    clock = Clock()
+    service = make_service(tmp_path, clock, RecordingRpc())
+    service.startService()
+    resource = GraftResource(service)
+    seen = []
+    try:
+        node = running_node(service)
+        for step in ("start", "campaign", "win"):
+            if step == "campaign":
+                advance(clock, 1.0)
+            elif step == "win":
+                node.handle_vote_response(VoteResponse(node.current_term, True, "b"))
+            families = metrics_of(get(resource, "/metrics").body)
+            hot = [
+                each.labels["state"]
+                for each in families["graft_state"].samples
+                if each.value == 1.0
+            ]
+            assert sorted(each.labels["state"] for each in families["graft_state"].samples) == (
+                sorted(STATES)
+            )
+            assert len(hot) == 1
+            seen.append(hot[0])
+        assert seen == ["Follower", "Candidate", "Leader"]
+    finally:
+        result_of(service.stopService())
+    families = metrics_of(get(resource, "/metrics").body)
+    assert sample(families, "graft_state", state="Closed") == 1.0
+    assert sample(families, "graft_is_leader") == 0.0
+
+
+def test_metrics_transport_counters(tmp_path: Path) -> None:
+    """A transport's invalid_messages and dropped_outgoing become the two message counters."""
+    clock = Clock()
+    rpc = CountingRpc()
+    service = make_service(tmp_path, clock, rpc)
+    service.startService()
+    try:
+        resource = GraftResource(service)
+        families = metrics_of(get(resource, "/metrics").body)
+        assert families["graft_messages_invalid"].type == "counter"
+        assert sample(families, "graft_messages_invalid_total", node="a") == 4.0
+        assert sample(families, "graft_messages_unsent_total", node="a") == 2.0
+        rpc.invalid_messages = 9
+        rpc.dropped_outgoing = 11
+        families = metrics_of(get(resource, "/metrics").body)
+        assert sample(families, "graft_messages_invalid_total") == 9.0
+        assert sample(families, "graft_messages_unsent_total") == 11.0
+    finally:
+        result_of(service.stopService())
+
+
+def test_metrics_counters_move(tmp_path: Path) -> None:
+    """After a heartbeat from a new leader the received and leader-change counters grow."""
+    clock = Clock()
+    service = make_service(tmp_path, clock, RecordingRpc())
+    service.startService()
+    resource = GraftResource(service)
+    try:
+        before = metrics_of(get(resource, "/metrics").body)
+        assert sample(before, "graft_heartbeats_received_total") == 0.0
+        assert sample(before, "graft_leader_changes_total") == 0.0
+        assert sample(before, "graft_term") == 0.0
+        running_node(service).handle_heartbeat(Heartbeat(2, "b"))
+        running_node(service).handle_heartbeat(Heartbeat(2, "b"))
+        after = metrics_of(get(resource, "/metrics").body)
+        assert sample(after, "graft_heartbeats_received_total") == 2.0
+        assert sample(after, "graft_leader_changes_total") == 1.0
+        assert sample(after, "graft_term") == 2.0
+    finally:
+        result_of(service.stopService())
+
+
+def test_metrics_before_start_are_empty(tmp_path: Path) -> None:
+    """Before the node exists /metrics answers 200 with no graft metrics."""
+    service = make_service(tmp_path, Clock(), RecordingRpc())
+    response = get(GraftResource(service), "/metrics")
+    assert response.code == 200
+    assert response.headers["content-type"] == CONTENT_TYPE_LATEST
+    assert metrics_of(response.body) == {}
+
+
+# -- mounting ----------------------------------------------------------------------
+
+
+# Twisted's own 404 page warns about its deprecated NoResource.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:twisted.web.resource")
+def test_mounts_in_a_users_site(tmp_path: Path) -> None:
+    """GraftResource put under /graft in another Resource serves all four pages there."""
+    clock = Clock()
+    service = make_service(tmp_path, clock, RecordingRpc(), size=1)
+    root = Resource()
+    root.putChild(b"graft", GraftResource(service))
+    service.startService()
+    try:
+        advance(clock, 1.0)
+        assert running_node(service).state is State.LEADER
+        assert get(root, "/graft/leader").code == 200
+        assert get(root, "/graft/healthz").code == 200
+        assert get(root, "/graft/status").json()["state"] == "Leader"
+        families = metrics_of(get(root, "/graft/metrics").body)
+        assert sample(families, "graft_is_leader") == 1.0
+        assert get(root, "/graft/nope").code == 404
+        assert get(root, "/leader").code == 404
+    finally:
+        result_of(service.stopService())
+
+
+def test_pages_render_with_dummy_request(tmp_path: Path) -> None:
+    """Traversed with getChildForRequest and rendered on a DummyRequest, the pages answer."""
+    clock = Clock()
+    service = make_service(tmp_path, clock, RecordingRpc())
+    root = Resource()
+    root.putChild(b"graft", GraftResource(service))
+    service.startService()
+    try:
+        request = DummyRequest([b"graft", b"leader"])
+        body = getChildForRequest(root, request).render(request)
+        assert request.responseCode == 503
+        assert body == b"not the leader\n"
+        request = DummyRequest([b"graft", b"status"])
+        body = getChildForRequest(root, request).render(request)
+        assert request.responseCode in (None, 200)
+        assert request.responseHeaders.getRawHeaders(b"content-type") == [b"application/json"]
+        assert json.loads(body)["id"] == "a"
+    finally:
+        result_of(service.stopService())
