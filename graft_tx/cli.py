@@ -111,8 +111,13 @@ class DemoNode:
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
+            # A session of its own: Ctrl-C reaches the demo, which stops each node.
             self.process = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
 
     @property
@@ -156,6 +161,7 @@ class Demo:
                 [binary, "-a", "127.0.0.1", "-p", str(port)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                start_new_session=True,
             )
             common = ["--transport", "nats", "--nats", f"nats://127.0.0.1:{port}"]
             common += ["--size", str(len(names))]
