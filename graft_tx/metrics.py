@@ -20,6 +20,17 @@ _COUNTERS = (
 )
 
 
+# Counted by the transport, when it counts them.
+_RPC_COUNTERS = (
+    ("invalid_messages", "messages_invalid", "Inbound messages the transport dropped as invalid."),
+    (
+        "dropped_outgoing",
+        "messages_unsent",
+        "Outgoing messages dropped because a peer or the server was not connected.",
+    ),
+)
+
+
 class NodeCollector:
     """A prometheus-client collector for the node that C{source} returns."""
 
@@ -50,24 +61,12 @@ class NodeCollector:
             counter = CounterMetricFamily(f"graft_{name}", text, labels=labels)
             counter.add_metric(values, float(getattr(stats, name)))
             yield counter
-        invalid = getattr(self._rpc, "invalid_messages", None)
-        if isinstance(invalid, int):
-            counter = CounterMetricFamily(
-                "graft_messages_invalid",
-                "Inbound messages the transport dropped as invalid.",
-                labels=labels,
-            )
-            counter.add_metric(values, float(invalid))
-            yield counter
-        dropped = getattr(self._rpc, "dropped_outgoing", None)
-        if isinstance(dropped, int):
-            counter = CounterMetricFamily(
-                "graft_messages_unsent",
-                "Outgoing messages dropped because a peer or the server was not connected.",
-                labels=labels,
-            )
-            counter.add_metric(values, float(dropped))
-            yield counter
+        for attribute, name, text in _RPC_COUNTERS:
+            value = getattr(self._rpc, attribute, None)
+            if isinstance(value, int):
+                counter = CounterMetricFamily(f"graft_{name}", text, labels=labels)
+                counter.add_metric(values, float(value))
+                yield counter
 
 
 def node_registry(source: Callable[[], Node | None], rpc: object = None) -> CollectorRegistry:

@@ -14,7 +14,7 @@ Payloads are graft's protobuf messages (see C{graft.proto}).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -36,6 +36,8 @@ from graft_tx.transport.natsclient import (
     connect_nats,
     connection_options,
 )
+
+M = TypeVar("M", VoteRequest, VoteResponse, Heartbeat)
 
 
 class SubjectError(GraftError, ValueError):
@@ -287,37 +289,33 @@ class NatsRpc:
             error=str(error),
         )
 
+    def _decoded(self, message: NatsMessage, decode: Callable[[bytes, int], M]) -> M | None:
+        if self._closed or self._node is None:
+            return None
+        try:
+            return decode(message.data, self._size)
+        except wire.WireError as e:
+            self._drop(message, e)
+            return None
+
     def _on_vote_request(self, message: NatsMessage) -> None:
-        node = self._node
-        if self._closed or node is None:
+        req = self._decoded(message, wire.decode_vote_request)
+        if req is None or self._node is None or req.candidate == self._node.id:
             return
         try:
-            req = wire.decode_vote_request(message.data, self._size)
+            # The answer goes to a subject made of this id.
             check_token("candidate id", req.candidate)
-        except (wire.WireError, SubjectError) as e:
+        except SubjectError as e:
             self._drop(message, e)
             return
-        if req.candidate != node.id:
-            node.handle_vote_request(req)
+        self._node.handle_vote_request(req)
 
     def _on_vote_response(self, message: NatsMessage) -> None:
-        node = self._node
-        if self._closed or node is None:
-            return
-        try:
-            resp = wire.decode_vote_response(message.data, self._size)
-        except wire.WireError as e:
-            self._drop(message, e)
-            return
-        node.handle_vote_response(resp)
+        resp = self._decoded(message, wire.decode_vote_response)
+        if resp is not None and self._node is not None:
+            self._node.handle_vote_response(resp)
 
     def _on_heartbeat(self, message: NatsMessage) -> None:
-        node = self._node
-        if self._closed or node is None:
-            return
-        try:
-            hb = wire.decode_heartbeat(message.data, self._size)
-        except wire.WireError as e:
-            self._drop(message, e)
-            return
-        node.handle_heartbeat(hb)
+        hb = self._decoded(message, wire.decode_heartbeat)
+        if hb is not None and self._node is not None:
+            self._node.handle_heartbeat(hb)
