@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -73,9 +73,10 @@ class PeerProtocol(LineOnlyReceiver):
 
     delimiter = b"\n"
 
-    def __init__(self, rpc: TcpRpc, side: str) -> None:
+    def __init__(self, rpc: TcpRpc, side: str, outbound: _Outbound | None = None) -> None:
         self._rpc = rpc
         self._side = side
+        self._outbound = outbound
         self.MAX_LENGTH = rpc.max_line_length
         self.peer_id = ""
         self.state = "hello"
@@ -86,9 +87,6 @@ class PeerProtocol(LineOnlyReceiver):
         self._sent = 0
         self._timer: IDelayedCall | None = None
         self.handshake: Deferred[None] = Deferred()
-        if side == SERVER:
-            # Nobody waits on an incoming handshake; its failure is logged.
-            self.handshake.addErrback(lambda _: None)
         self.closed: Deferred[None] = Deferred()
 
     # -- connection life ------------------------------------------------
@@ -110,6 +108,8 @@ class PeerProtocol(LineOnlyReceiver):
         self._rpc._lost(self)
         if not self.handshake.called:
             self.handshake.errback(reason)
+            # Why it failed was logged where it happened.
+            self.handshake.addErrback(lambda _: None)
         self.closed.callback(None)
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -257,7 +257,12 @@ class PeerProtocol(LineOnlyReceiver):
 
     def _ready(self) -> None:
         self._cancel_timer()
+        if self._rpc.closed:
+            self._close()
+            return
         self.state = "ready"
+        if self._outbound is not None:
+            self._outbound.failures = 0
         self._rpc._ready(self)
         self.handshake.callback(None)
 
@@ -294,6 +299,8 @@ class PeerProtocol(LineOnlyReceiver):
             reason=reason,
         )
         self._send_object({"type": "error", "reason": reason})
+        if self._outbound is not None:
+            self._outbound.failures += 1
         self._close()
 
     def _close(self) -> None:
@@ -318,18 +325,41 @@ class _PeerFactory(Factory):
     # One log line per peer connection attempt would drown the useful ones.
     noisy = False
 
-    def __init__(self, rpc: TcpRpc, side: str) -> None:
+    def __init__(self, rpc: TcpRpc, side: str, outbound: _Outbound | None = None) -> None:
         self._rpc = rpc
         self._side = side
+        self._outbound = outbound
 
     def buildProtocol(self, addr: object) -> PeerProtocol:
-        return PeerProtocol(self._rpc, self._side)
+        protocol = PeerProtocol(self._rpc, self._side, self._outbound)
+        if self._outbound is not None:
+            self._outbound.protocol = protocol
+        return protocol
 
 
-def _handshake_of(protocol: Any) -> Deferred[None]:
-    # ClientService waits for this: a refused handshake counts as a failed
-    # attempt, so the retries back off.
-    return cast(PeerProtocol, protocol).handshake
+class _Outbound:
+    """One peer endpoint: its ClientService, its connection and how its
+    handshakes fare.
+
+    ClientService counts only failed TCP connects; a peer that accepts the
+    connection and then refuses the handshake would be retried at once,
+    over and over, so the retry policy also counts failed handshakes.
+    """
+
+    def __init__(self, backoff: Callable[[int], float]) -> None:
+        self._backoff = backoff
+        self.failures = 0
+        self.protocol: PeerProtocol | None = None
+        self.service: ClientService | None = None
+
+    def delay(self, attempt: int) -> float:
+        return self._backoff(max(attempt, self.failures))
+
+    def retry_now(self) -> None:
+        """Reconnect at once if waiting to retry (the peer is back, as we just heard)."""
+        if self.protocol is None and self.service is not None and self.service.running:
+            self.service.stopService()
+            self.service.startService()
 
 
 @implementer(IRpc)
@@ -398,13 +428,17 @@ class TcpRpc:
         self._retry_max_delay = float(retry_max_delay)
         self._node: IElectionNode | None = None
         self._port: IListeningPort | None = None
-        self._clients: list[ClientService] = []
+        self._connectors: list[_Outbound] = []
         self._outbound: dict[str, PeerProtocol] = {}
         self._pending: set[PeerProtocol] = set()
         self._inbound: set[PeerProtocol] = set()
         self._warnings: RateLimitedLog | None = None
         self._closed = False
         self.dropped_outgoing = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def node(self) -> IElectionNode:
@@ -463,21 +497,25 @@ class TcpRpc:
             jitter=lambda: jitter.uniform(0, 0.1),
         )
         for endpoint in clients:
-            service = ClientService(
+            outbound = _Outbound(policy)
+            outbound.service = ClientService(
                 endpoint,
-                _PeerFactory(self, CLIENT),
-                retryPolicy=policy,
+                _PeerFactory(self, CLIENT, outbound),
+                retryPolicy=outbound.delay,
                 clock=self._reactor,
-                prepareConnection=_handshake_of,
             )
-            service.startService()
-            self._clients.append(service)
+            outbound.service.startService()
+            self._connectors.append(outbound)
 
     def close(self) -> Deferred[None]:
         if self._closed:
             return succeed(None)
         self._closed = True
-        pending: list[Deferred[Any]] = [service.stopService() for service in self._clients]
+        pending: list[Deferred[Any]] = [
+            outbound.service.stopService()
+            for outbound in self._connectors
+            if outbound.service is not None
+        ]
         if self._port is not None:
             pending.append(self._port.stopListening())  # type: ignore[arg-type]
         for protocol in list(self._inbound | self._pending):
@@ -550,12 +588,19 @@ class TcpRpc:
             )
         else:
             self._inbound.add(protocol)
+            if protocol.peer_id not in self._outbound:
+                # A peer that just came (back) up: do not leave it unheard
+                # until our next retry, or it may campaign meanwhile.
+                for outbound in self._connectors:
+                    outbound.retry_now()
 
     def _lost(self, protocol: PeerProtocol) -> None:
         self._pending.discard(protocol)
         self._inbound.discard(protocol)
         if self._outbound.get(protocol.peer_id) is protocol:
             del self._outbound[protocol.peer_id]
+        if protocol._outbound is not None and protocol._outbound.protocol is protocol:
+            protocol._outbound.protocol = None
 
     def _deliver(self, protocol: PeerProtocol, message: Message) -> None:
         if self._closed:
