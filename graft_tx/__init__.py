@@ -16,12 +16,14 @@ from graft_tx.errors import (
     LogRequiredError,
     MessageError,
     NodeIdError,
+    ProtocolModeError,
     RpcRequiredError,
     TimingError,
+    TransferError,
 )
 from graft_tx.handlers import QueueHandler
-from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse
-from graft_tx.node import Node, NodeStats, new
+from graft_tx.messages import Heartbeat, HeartbeatAck, VoteRequest, VoteResponse
+from graft_tx.node import Leadership, Node, NodeStats, new
 from graft_tx.service import GraftService
 from graft_tx.transport.nats import NatsRpc, SubjectError
 from graft_tx.transport.natsclient import (
@@ -42,6 +44,8 @@ __all__ = [
     "HandlerError",
     "HandlerRequiredError",
     "Heartbeat",
+    "HeartbeatAck",
+    "Leadership",
     "LogAccessError",
     "LogCorruptError",
     "LogRequiredError",
@@ -54,6 +58,7 @@ __all__ = [
     "Node",
     "NodeIdError",
     "NodeStats",
+    "ProtocolModeError",
     "QueueHandler",
     "RpcRequiredError",
     "State",
@@ -63,6 +68,7 @@ __all__ = [
     "TcpRpc",
     "Timing",
     "TimingError",
+    "TransferError",
     "VoteRequest",
     "VoteResponse",
     "connect_nats",

@@ -39,6 +39,14 @@ class MessageError(GraftError, ValueError):
     """A message was built with fields of the wrong type or range."""
 
 
+class ProtocolModeError(GraftError, ValueError):
+    """An unknown protocol mode or an invalid priority."""
+
+
+class TransferError(GraftError):
+    """A leadership transfer could not be made or did not complete in time."""
+
+
 class HandlerError(GraftError):
     """The state machine handler failed or answered something unusable."""
 

@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from graft_tx.cluster import State, StateChangeDetail
-from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse
+from graft_tx.messages import Heartbeat, HeartbeatAck, VoteRequest, VoteResponse
 
 
 class IElectionNode(Interface):
@@ -24,6 +24,7 @@ class IElectionNode(Interface):
 
     id = Attribute("This node's id (str, unique within the cluster).")
     cluster_info = Attribute("The node's L{graft_tx.ClusterInfo}.")
+    protocol = Attribute('The protocol mode: "graft-tx" or "graft".')
 
     def handle_vote_request(req: VoteRequest) -> None:
         """
@@ -47,6 +48,13 @@ class IElectionNode(Interface):
 
         @param hb: the heartbeat.
         @type hb: L{graft_tx.messages.Heartbeat}
+        """
+
+    def handle_heartbeat_ack(ack: HeartbeatAck) -> None:
+        """
+        Deliver a follower's acknowledgement of one of this node's heartbeats.
+
+        @type ack: L{graft_tx.messages.HeartbeatAck}
         """
 
 
@@ -100,6 +108,19 @@ class IRpc(Interface):
         @param candidate_id: the id of the candidate that asked.
         @type candidate_id: L{str}
         @type resp: L{graft_tx.messages.VoteResponse}
+        """
+
+
+class IAckingRpc(IRpc):
+    """A transport that also carries heartbeat acknowledgements, which the
+    graft-tx protocol needs (leader leases, check quorum)."""
+
+    def send_heartbeat_ack(leader_id: str, ack: HeartbeatAck) -> None:
+        """
+        Send an acknowledgement to the leader that sent the heartbeat.
+
+        @type leader_id: L{str}
+        @type ack: L{graft_tx.messages.HeartbeatAck}
         """
 
 

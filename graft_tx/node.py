@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import random
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,17 +34,28 @@ from graft_tx.errors import (
     LogRequiredError,
     MessageError,
     NodeIdError,
+    ProtocolModeError,
     RpcRequiredError,
     TimingError,
+    TransferError,
 )
 from graft_tx.interfaces import (
+    IAckingRpc,
     IDetailedStateHandler,
     IElectionNode,
     IRpc,
     IStateHandler,
     IStateMachineHandler,
 )
-from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse, check_id
+from graft_tx.lease import Lease
+from graft_tx.messages import (
+    MAX_PRIORITY,
+    Heartbeat,
+    HeartbeatAck,
+    VoteRequest,
+    VoteResponse,
+    check_id,
+)
 from graft_tx.statefile import PersistentState, StateFile
 
 
@@ -74,6 +86,34 @@ class NodeStats:
     last_heartbeat: float | None
 
 
+GRAFT_TX, GRAFT = "graft-tx", "graft"
+PROTOCOLS = (GRAFT_TX, GRAFT)
+
+
+@dataclass(frozen=True)
+class Leadership:
+    """Who leads, as this node sees it, for fencing.
+
+    The term is the fencing token: RAFT promises at most one leader per term,
+    so a resource that remembers the highest term it has seen can refuse an
+    older leader. C{lease_expiry} (on the node's monotonic clock) is set only
+    on a leader whose lease holds: until then no other node can be elected.
+    """
+
+    state: State
+    term: int
+    leader: str
+    lease_expiry: float | None
+
+
+@dataclass
+class _Transfer:
+    done: Deferred[str]
+    target: str
+    term: int
+    timer: IDelayedCall
+
+
 @implementer(IElectionNode)
 class Node:
     """One member of an election. Build it with L{graft_tx.new}."""
@@ -92,6 +132,9 @@ class Node:
         timing: Timing,
         node_id: str,
         rng: random.Random,
+        protocol: str = GRAFT_TX,
+        monotonic: Callable[[], float] | None = None,
+        priority: int = 1,
     ) -> None:
         self._id = node_id
         self._info = info
@@ -116,6 +159,17 @@ class Node:
         self._closed = False
         self._counts = _Counts()
         self._known_leader = ""
+        self._protocol = protocol
+        self._tx = protocol == GRAFT_TX
+        self._priority = priority
+        self._monotonic = monotonic if monotonic is not None else clock.seconds
+        self._started_at = self._monotonic()
+        self._last_contact: float | None = None
+        self._lease: Lease | None = None
+        self._pre_votes: set[str] | None = None
+        self._transfer: _Transfer | None = None
+        self._leader_waiters: list[Deferred[int]] = []
+        self._not_leader_waiters: list[Deferred[None]] = []
 
     # -- what users read ------------------------------------------------
 
@@ -153,6 +207,109 @@ class Node:
     def timing(self) -> Timing:
         return self._timing
 
+    @property
+    def protocol(self) -> str:
+        """C{"graft-tx"} (every safety feature) or C{"graft"} (Go graft's behaviour)."""
+        return self._protocol
+
+    @property
+    def priority(self) -> int:
+        return self._priority
+
+    def is_leader(self) -> bool:
+        """Whether this node leads now. In graft-tx mode: only while its lease
+        holds, that is while no other node can have been elected."""
+        if self._state is not State.LEADER:
+            return False
+        if not self._tx:
+            return True
+        return self._lease is not None and self._lease.holds(self._monotonic())
+
+    def leadership(self) -> Leadership:
+        """State, term, leader and lease expiry, read together (see L{Leadership})."""
+        expiry = None
+        if self.is_leader() and self._lease is not None:
+            expiry = self._lease.expiry
+        return Leadership(self._state, self._term, self._leader, expiry)
+
+    def when_leader(self) -> Deferred[int]:
+        """Fires with the term once this node leads with a lease (at once if it does)."""
+        if self.is_leader():
+            return succeed(self._term)
+        waiter: Deferred[int] = Deferred(lambda d: self._leader_waiters.remove(d))
+        self._leader_waiters.append(waiter)
+        return waiter
+
+    def when_not_leader(self) -> Deferred[None]:
+        """Fires when this node stops leading (at once if it does not lead)."""
+        if self._state is not State.LEADER:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred(lambda d: self._not_leader_waiters.remove(d))
+        self._not_leader_waiters.append(waiter)
+        return waiter
+
+    def transfer_leadership(self, target_id: str | None = None) -> Deferred[str]:
+        """Hand leadership to C{target_id} (default: the most up-to-date follower).
+
+        The leader stops leading at once and tells the target to campaign
+        without waiting, which it wins in about one round trip.
+
+        @return: a Deferred that fires with the new leader's id, or fails
+            with L{TransferError} (not the leader, no follower to take over,
+            or no new leader within the maximum election timeout; the old
+            leader then campaigns again as usual).
+        """
+        if not self._tx:
+            return fail(TransferError("leadership transfer needs protocol='graft-tx'"))
+        if self._state is not State.LEADER or self._lease is None:
+            return fail(TransferError(f"node {self._id} is not the leader"))
+        lease = self._lease
+        if target_id is None:
+            target_id = lease.best_follower()
+            if target_id is None:
+                return fail(TransferError("no follower has acknowledged this leader yet"))
+        elif target_id not in lease.acked:
+            return fail(TransferError(f"{target_id!r} is not a follower heard by this leader"))
+        if lease.priorities.get(target_id, 1) == 0:
+            return fail(TransferError(f"{target_id!r} has priority 0 and never leads"))
+        done: Deferred[str] = Deferred()
+        seq = lease.next_heartbeat(self._monotonic())
+        self._send(self._rpc.heartbeat, Heartbeat(self._term, self._id, seq, target_id))
+        self.log.info(
+            "node {node} hands leadership of {cluster} to {target} in term {term}",
+            node=self._id,
+            cluster=self._info.name,
+            target=target_id,
+            term=self._term,
+        )
+        timer = self._clock.callLater(self._timing.election_timeout_max, self._transfer_timed_out)
+        self._transfer = _Transfer(done, target_id, self._term, timer)
+        self._leader = ""
+        self._set_state(State.FOLLOWER)
+        self._reset_election_timer()
+        return done
+
+    def step_down(self) -> Deferred[str]:
+        """L{transfer_leadership} to whichever follower is best placed."""
+        return self.transfer_leadership()
+
+    def _transfer_timed_out(self) -> None:
+        transfer, self._transfer = self._transfer, None
+        if transfer is not None:
+            transfer.done.errback(
+                TransferError(
+                    f"{transfer.target} did not take over within "
+                    f"{self._timing.election_timeout_max}s"
+                )
+            )
+
+    def _end_transfer(self, leader: str) -> None:
+        transfer, self._transfer = self._transfer, None
+        if transfer is not None:
+            if transfer.timer.active():
+                transfer.timer.cancel()
+            transfer.done.callback(leader)
+
     def stats(self) -> NodeStats:
         """A snapshot of this node's counters, for status pages and metrics."""
         return NodeStats(**vars(self._counts))
@@ -180,8 +337,16 @@ class Node:
         """
         if self._state is not State.CLOSED:
             self._disarm()
+            was_leader = self._state is State.LEADER
             self._state = State.CLOSED
             self._votes.clear()
+            self._lease = None
+            transfer, self._transfer = self._transfer, None
+            if transfer is not None:
+                transfer.timer.cancel()
+                transfer.done.errback(TransferError(f"node {self._id} closed"))
+            if was_leader:
+                self._release_not_leader()
             self.log.info("node {node} of {cluster} closed", node=self._id, cluster=self._info.name)
             self._closing = maybeDeferred(self._close_rpc)
             self._closing.addErrback(self._log_close_failure)
@@ -209,6 +374,17 @@ class Node:
     def handle_vote_request(self, req: VoteRequest) -> None:
         if self._state is State.CLOSED or req.candidate == self._id:
             return
+        if self._tx:
+            if req.pre_vote:
+                self._answer_pre_vote(req)
+                return
+            if not req.transfer and self._hears_leader():
+                # While a live leader is heard, a vote request changes nothing,
+                # not even the term (RAFT thesis 4.2.3): a node back from a
+                # partition cannot depose a healthy leader.
+                resp = VoteResponse(self._term, False, self._id)
+                self._send(self._rpc.send_vote_response, req.candidate, resp)
+                return
         if req.term > self._term:
             self._step_down(req.term)
         granted = self._decide_vote(req)
@@ -218,6 +394,12 @@ class Node:
 
     def handle_vote_response(self, resp: VoteResponse) -> None:
         if self._state is State.CLOSED:
+            return
+        if resp.pre_vote:
+            if resp.granted:
+                self._count_pre_vote(resp)
+            elif resp.term > self._term:
+                self._step_down(resp.term)
             return
         if resp.term > self._term:
             self._step_down(resp.term)
@@ -255,8 +437,83 @@ class Node:
         self._counts.last_heartbeat = self._clock.seconds()
         self._follow(hb.leader)
         self._reset_election_timer()
+        if not self._tx:
+            return
+        self._last_contact = self._monotonic()
+        self._pre_votes = None
+        if self._transfer is not None and hb.term > self._transfer.term:
+            self._end_transfer(hb.leader)
+        ack = HeartbeatAck(self._term, self._id, hb.seq, self._priority)
+        self._send(cast(IAckingRpc, self._rpc).send_heartbeat_ack, hb.leader, ack)
+        if hb.transfer_to == self._id and self._priority > 0:
+            self._campaign(transfer=True)
+
+    def handle_heartbeat_ack(self, ack: HeartbeatAck) -> None:
+        if self._state is State.CLOSED or not self._tx:
+            return
+        if ack.term > self._term:
+            self._step_down(ack.term)
+            return
+        lease = self._lease
+        if self._state is not State.LEADER or ack.term != self._term or lease is None:
+            return
+        now = self._monotonic()
+        held = lease.holds(now)
+        if lease.ack(ack.follower, ack.seq, ack.priority, now) and not held:
+            self._release_leader()
 
     # -- the algorithm --------------------------------------------------
+
+    def _hears_leader(self) -> bool:
+        """Whether a live leader was heard within the minimum election timeout
+        (or this node leads with a lease, or it has just started: it may have
+        acknowledged a leader before a restart)."""
+        now = self._monotonic()
+        window = self._timing.election_timeout_min
+        if now - self._started_at < window:
+            return True
+        if self._state is State.LEADER:
+            return self._lease is not None and self._lease.holds(now)
+        return self._last_contact is not None and now - self._last_contact < window
+
+    def _answer_pre_vote(self, req: VoteRequest) -> None:
+        grant = (
+            req.term > self._term
+            and self._state is not State.LEADER
+            and not self._hears_leader()
+            and self._allow_vote(req.current_state)
+        )
+        resp = VoteResponse(req.term if grant else self._term, grant, self._id, pre_vote=True)
+        self._send(self._rpc.send_vote_response, req.candidate, resp)
+
+    def _count_pre_vote(self, resp: VoteResponse) -> None:
+        votes = self._pre_votes
+        if votes is None or resp.term != self._term + 1 or not resp.voter:
+            return
+        votes.add(resp.voter)
+        if len(votes) >= quorum(self._info.size):
+            self._pre_votes = None
+            self._campaign()
+
+    def _election_timeout(self) -> None:
+        if not self._tx:
+            self._campaign()
+            return
+        try:
+            position = self._position()
+        except HandlerError as e:
+            self._report_error(e)
+            self._reset_election_timer()
+            return
+        # Pre-vote: ask before raising the term; no state change is reported.
+        self._pre_votes = {self._id}
+        self._reset_election_timer()
+        if len(self._pre_votes) >= quorum(self._info.size):
+            self._pre_votes = None
+            self._campaign()
+            return
+        req = VoteRequest(self._term + 1, self._id, position, pre_vote=True)
+        self._send(self._rpc.request_vote, req)
 
     def _decide_vote(self, req: VoteRequest) -> bool:
         if req.term < self._term or self._state is State.LEADER:
@@ -273,7 +530,8 @@ class Node:
         self._reset_election_timer()
         return True
 
-    def _campaign(self) -> None:
+    def _campaign(self, transfer: bool = False) -> None:
+        self._pre_votes = None
         try:
             position = self._position()
         except HandlerError as e:
@@ -300,13 +558,20 @@ class Node:
         if self._has_quorum():
             self._become_leader()
         else:
-            self._send(self._rpc.request_vote, VoteRequest(term, self._id, position))
+            req = VoteRequest(term, self._id, position, transfer=transfer)
+            self._send(self._rpc.request_vote, req)
 
     def _become_leader(self) -> None:
         self._follow(self._id)
         self._set_state(State.LEADER)
         self._counts.elections_won += 1
         self._votes.clear()
+        if self._tx:
+            self._lease = Lease(
+                self._monotonic(), self._timing.election_timeout_min, quorum(self._info.size)
+            )
+        else:
+            self._release_leader()
         self.log.info(
             "node {node} became leader of {cluster} in term {term}",
             node=self._id,
@@ -316,9 +581,53 @@ class Node:
         self._send_heartbeat()
 
     def _send_heartbeat(self) -> None:
+        hb = Heartbeat(self._term, self._id)
+        lease = self._lease
+        if lease is not None:
+            now = self._monotonic()
+            if lease.lost(now):
+                self._lose_quorum()
+                return
+            held = lease.holds(now)
+            hb = Heartbeat(self._term, self._id, lease.next_heartbeat(now))
+            if lease.holds(now) and not held:
+                self._release_leader()
         self._counts.heartbeats_sent += 1
-        self._send(self._rpc.heartbeat, Heartbeat(self._term, self._id))
+        self._send(self._rpc.heartbeat, hb)
         self._arm(self._timing.heartbeat_interval, self._send_heartbeat)
+        target = self._priority_handover(lease) if lease is not None else None
+        if target is not None:
+            self.transfer_leadership(target).addErrback(lambda _: None)
+
+    def _priority_handover(self, lease: Lease) -> str | None:
+        """A follower of higher priority, heard steadily for a while, to hand over to."""
+        if self._transfer is not None or not lease.holds(self._monotonic()):
+            return None
+        now = self._monotonic()
+        steady = self._timing.election_timeout_max
+        fresh = 2 * self._timing.heartbeat_interval
+        better = [
+            f
+            for f, p in lease.priorities.items()
+            if p > self._priority
+            and now - lease.ack_times.get(f, 0) <= fresh
+            and now - lease.started >= steady
+            and lease.acked.get(f) == lease.seq
+        ]
+        return max(better, key=lambda f: (lease.priorities[f], f)) if better else None
+
+    def _lose_quorum(self) -> None:
+        self.log.warn(
+            "node {node} heard no quorum of {cluster} within {window}s in term {term}: "
+            "stepping down",
+            node=self._id,
+            cluster=self._info.name,
+            window=self._timing.election_timeout_min,
+            term=self._term,
+        )
+        self._leader = ""
+        self._set_state(State.FOLLOWER)
+        self._reset_election_timer()
 
     def _step_down(self, term: int, leader: str = "") -> None:
         """Adopt a higher term seen in any message: no vote, FOLLOWER of C{leader}
@@ -365,9 +674,15 @@ class Node:
             self._timer = None
 
     def _reset_election_timer(self) -> None:
+        if self._tx and self._priority == 0:
+            # An observer: it votes but never campaigns.
+            self._disarm()
+            return
         low = self._timing.election_timeout_min
         high = self._timing.election_timeout_max
-        self._arm(low + self._rng.random() * (high - low), self._campaign)
+        # A higher priority draws from the low end of the range: it campaigns first.
+        spread = (high - low) / max(self._priority, 1) if self._tx else high - low
+        self._arm(low + self._rng.random() * spread, self._election_timeout)
 
     # -- effects --------------------------------------------------------
 
@@ -378,6 +693,9 @@ class Node:
         # The old state's timer ends with it.
         self._disarm()
         self._state = new
+        if old is State.LEADER:
+            self._lease = None
+            self._release_not_leader()
         self._counts.last_state_change = self._clock.seconds()
         self.log.info(
             "node {node} of {cluster}: {from_state} -> {to_state} in term {term}",
@@ -433,6 +751,16 @@ class Node:
 
     # -- handler delivery -----------------------------------------------
 
+    def _release_leader(self) -> None:
+        waiters, self._leader_waiters = self._leader_waiters, []
+        for waiter in waiters:
+            waiter.callback(self._term)
+
+    def _release_not_leader(self) -> None:
+        waiters, self._not_leader_waiters = self._not_leader_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
     def _report_change(self, change: StateChangeDetail) -> None:
         if self._detailed is not None:
             self._detailed.state_changed_detail(change)
@@ -475,6 +803,9 @@ def new(
     timing: Timing | None = None,
     node_id: str | None = None,
     rng: random.Random | None = None,
+    protocol: str = GRAFT_TX,
+    monotonic: Callable[[], float] | None = None,
+    priority: int = 1,
 ) -> Node:
     """Create a node, attach it to C{rpc} and start it as a FOLLOWER.
 
@@ -520,10 +851,23 @@ def new(
         timing = Timing()
     elif not isinstance(timing, Timing):
         raise TimingError(f"timing must be a graft_tx.Timing, not {timing!r}")
+    if protocol not in PROTOCOLS:
+        raise ProtocolModeError(f"protocol must be 'graft-tx' or 'graft', not {protocol!r}")
+    if protocol == GRAFT_TX and not IAckingRpc.providedBy(rpc):
+        raise RpcRequiredError(
+            f"rpc {rpc!r} cannot carry heartbeat acknowledgements (IAckingRpc), which "
+            "protocol 'graft-tx' needs; use protocol='graft'"
+        )
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ProtocolModeError(f"priority must be a whole number, not {priority!r}")
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise ProtocolModeError(f"priority must be between 0 and {MAX_PRIORITY}, not {priority}")
     if clock is None:
         from twisted.internet import reactor
 
         clock = reactor
+        # The reactor's clock is wall time, which jumps; leases need a steady one.
+        monotonic = monotonic or time.monotonic
     assert clock is not None
     store = StateFile(log_path)
     saved = store.load()
@@ -537,6 +881,9 @@ def new(
         timing=timing,
         node_id=node_id,
         rng=rng if rng is not None else random.Random(),
+        protocol=protocol,
+        monotonic=monotonic,
+        priority=priority,
     )
     rpc.init(node)
     node.start()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from graft_tx.cluster import ClusterInfo, Timing
 from graft_tx.interfaces import IRpc, IStateHandler
-from graft_tx.node import Node, new
+from graft_tx.node import GRAFT_TX, Node, new
 
 
 class GraftService(Service):
@@ -24,6 +27,7 @@ class GraftService(Service):
     """
 
     node: Node | None
+    log = Logger()
 
     def __init__(
         self,
@@ -36,6 +40,9 @@ class GraftService(Service):
         timing: Timing | None = None,
         node_id: str | None = None,
         rng: random.Random | None = None,
+        protocol: str = GRAFT_TX,
+        monotonic: Callable[[], float] | None = None,
+        priority: int = 1,
     ) -> None:
         self.info = info
         self.handler = handler
@@ -45,6 +52,9 @@ class GraftService(Service):
         self.timing = timing
         self.node_id = node_id
         self.rng = rng
+        self.protocol = protocol
+        self.monotonic = monotonic
+        self.priority = priority
         self.node = None
 
     def startService(self) -> None:
@@ -58,6 +68,9 @@ class GraftService(Service):
             timing=self.timing,
             node_id=self.node_id,
             rng=self.rng,
+            protocol=self.protocol,
+            monotonic=self.monotonic,
+            priority=self.priority,
         )
         # A restarted service comes back as the same node.
         self.node_id = self.node.id
@@ -65,7 +78,21 @@ class GraftService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
+        node = self.node
         # MultiService stops every child, also one that never started.
-        if self.node is None:
+        if node is None:
             return succeed(None)
-        return self.node.close()
+        if not node.is_leader() or node.protocol != GRAFT_TX:
+            return node.close()
+        # A planned stop hands leadership over first: about one round trip,
+        # rather than an election timeout for the others to notice.
+        handed = node.transfer_leadership()
+        handed.addErrback(self._transfer_failed)
+        return handed.addCallback(lambda _: node.close())
+
+    def _transfer_failed(self, failure: Failure) -> str:
+        self.log.warn(
+            "could not hand leadership over before stopping: {error}",
+            error=failure.getErrorMessage(),
+        )
+        return ""

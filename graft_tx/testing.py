@@ -19,10 +19,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
 from graft_tx.errors import GraftError
-from graft_tx.interfaces import IElectionNode, IRpc
-from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse
+from graft_tx.interfaces import IAckingRpc, IElectionNode
+from graft_tx.messages import Heartbeat, HeartbeatAck, VoteRequest, VoteResponse
 
-Message = VoteRequest | VoteResponse | Heartbeat
+Message = VoteRequest | VoteResponse | Heartbeat | HeartbeatAck
 Latency = float | tuple[float, float]
 Member = IElectionNode | str
 
@@ -36,7 +36,7 @@ class Delivery:
     message: Message
 
 
-@implementer(IRpc)
+@implementer(IAckingRpc)
 class MemoryRpc:
     """One node's attachment to a L{MemoryNetwork}; build it with C{network.rpc()}."""
 
@@ -63,6 +63,9 @@ class MemoryRpc:
 
     def send_vote_response(self, candidate_id: str, resp: VoteResponse) -> None:
         self._network._send(self, candidate_id, resp)
+
+    def send_heartbeat_ack(self, leader_id: str, ack: HeartbeatAck) -> None:
+        self._network._send(self, leader_id, ack)
 
 
 class MemoryNetwork:
@@ -187,6 +190,8 @@ class MemoryNetwork:
             node.handle_vote_request(message)
         elif isinstance(message, VoteResponse):
             node.handle_vote_response(message)
+        elif isinstance(message, HeartbeatAck):
+            node.handle_heartbeat_ack(message)
         else:
             node.handle_heartbeat(message)
 

@@ -72,3 +72,22 @@ def make_nats_server() -> Iterator[Callable[..., NatsServer]]:
     finally:
         for server in servers:
             server.close()
+
+
+@pytest.fixture(autouse=True)
+def _protocol_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """C{pytest.mark.protocol("graft")} runs a test with that protocol as the default.
+
+    The core's tests of graft's algorithm run in "graft" mode, where the node
+    behaves exactly as Go graft (with its bugs fixed); graft-tx features have
+    their own tests.
+    """
+    marker = request.node.get_closest_marker("protocol")
+    if marker is None:
+        return
+    import graft_tx.node
+    import graft_tx.service
+
+    mode = marker.args[0]
+    monkeypatch.setitem(graft_tx.node.new.__kwdefaults__, "protocol", mode)
+    monkeypatch.setitem(graft_tx.service.GraftService.__init__.__kwdefaults__, "protocol", mode)

@@ -8,8 +8,13 @@ from typing import TypeVar
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from graft_tx import Heartbeat, State, StateChange, VoteRequest, VoteResponse
-from graft_tx.interfaces import IElectionNode, IRpc, IStateHandler, IStateMachineHandler
+from graft_tx import Heartbeat, HeartbeatAck, State, StateChange, VoteRequest, VoteResponse
+from graft_tx.interfaces import (
+    IAckingRpc,
+    IElectionNode,
+    IStateHandler,
+    IStateMachineHandler,
+)
 
 T = TypeVar("T")
 
@@ -24,7 +29,7 @@ def result_of(d: Deferred[T]) -> T:
     return results[0]
 
 
-@implementer(IRpc)
+@implementer(IAckingRpc)
 class RecordingRpc:
     """An rpc that records what the node sends and delivers nothing.
 
@@ -38,6 +43,7 @@ class RecordingRpc:
         self.vote_requests: list[VoteRequest] = []
         self.heartbeats: list[Heartbeat] = []
         self.vote_responses: list[tuple[str, VoteResponse]] = []
+        self.acks: list[tuple[str, HeartbeatAck]] = []
         self.fail_init: Exception | None = None
         self.fail_send: Exception | None = None
 
@@ -63,6 +69,11 @@ class RecordingRpc:
         if self.fail_send is not None:
             raise self.fail_send
         self.vote_responses.append((candidate_id, resp))
+
+    def send_heartbeat_ack(self, leader_id: str, ack: HeartbeatAck) -> None:
+        if self.fail_send is not None:
+            raise self.fail_send
+        self.acks.append((leader_id, ack))
 
     def last_response(self) -> VoteResponse:
         return self.vote_responses[-1][1]

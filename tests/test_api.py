@@ -42,6 +42,9 @@ from graft_tx import (
 )
 from graft_tx.interfaces import IElectionNode, IRpc, IStateHandler, IStateMachineHandler
 
+# Graft's algorithm as Go graft runs it; graft-tx features are tested on their own.
+pytestmark = pytest.mark.protocol("graft")
+
 PROJECT = Path(__file__).resolve().parent.parent
 MAX_TERM = 2**64 - 1
 

@@ -22,6 +22,9 @@ from graft_tx import State, StateChange
 from graft_tx.interfaces import IStateHandler
 from graft_tx.testing import Delivery, MemoryNetwork
 
+# Graft's algorithm as Go graft runs it; graft-tx features are tested on their own.
+pytestmark = pytest.mark.protocol("graft")
+
 STEP = 0.01
 TIMING = graft_tx.Timing()
 # One maximum election timeout plus a little, for votes to travel.

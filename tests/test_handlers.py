@@ -22,6 +22,9 @@ from graft_tx import (
     VoteRequest,
 )
 
+# Graft's algorithm as Go graft runs it; graft-tx features are tested on their own.
+pytestmark = pytest.mark.protocol("graft")
+
 FOLLOWER, CANDIDATE, LEADER = State.FOLLOWER, State.CANDIDATE, State.LEADER
 
 

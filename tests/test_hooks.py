@@ -22,6 +22,9 @@ from graft_tx.hooks import OUTPUT_LIMIT, Hook, HookCommands, HookHandler, HookRu
 from graft_tx.interfaces import IStateHandler
 from graft_tx.node import Node
 
+# Graft's algorithm as Go graft runs it; graft-tx features are tested on their own.
+pytestmark = pytest.mark.protocol("graft")
+
 GRAFT_VARS = (
     "GRAFT_CLUSTER",
     "GRAFT_NODE_ID",

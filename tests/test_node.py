@@ -43,6 +43,9 @@ from graft_tx import (
 from graft_tx.interfaces import IElectionNode, IRpc, IStateHandler, IStateMachineHandler
 from graft_tx.statefile import PersistentState, StateFile
 
+# Graft's algorithm as Go graft runs it; graft-tx features are tested on their own.
+pytestmark = pytest.mark.protocol("graft")
+
 ME = "me"
 FIXED = Timing(election_timeout_min=1.0, election_timeout_max=1.0, heartbeat_interval=0.25)
 RANDOM = Timing(election_timeout_min=1.0, election_timeout_max=2.0, heartbeat_interval=0.25)

@@ -40,6 +40,9 @@ import graft_tx
 from graft_tx.interfaces import IStateHandler
 from graft_tx.testing import Delivery, MemoryNetwork
 
+# Graft's algorithm as Go graft runs it; graft-tx features are tested on their own.
+pytestmark = pytest.mark.protocol("graft")
+
 SCHEDULES = 1000
 CHUNK = 50
 # Seconds between invariant checks while the clock advances. The clock runs

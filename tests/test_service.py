@@ -21,6 +21,9 @@ from graft_tx import (
 )
 from graft_tx.testing import MemoryNetwork
 
+# Graft's algorithm as Go graft runs it; graft-tx features are tested on their own.
+pytestmark = pytest.mark.protocol("graft")
+
 
 def advance(clock: Clock, seconds: float, step: float = 0.01) -> None:
     for _ in range(round(seconds / step)):

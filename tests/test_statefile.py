@@ -20,6 +20,9 @@ import graft_tx.statefile
 from graft_tx import ClusterInfo, LogAccessError, LogCorruptError, State, VoteRequest
 from graft_tx.statefile import PersistentState, StateFile
 
+# Graft's algorithm as Go graft runs it; graft-tx features are tested on their own.
+pytestmark = pytest.mark.protocol("graft")
+
 EMPTY_SHA1 = hashlib.sha1(b"").digest()
 MAX_TERM = 2**64 - 1
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
 from fakes import RecordingHandler, RecordingRpc
 from twisted.internet.task import Clock
 
 import graft_tx
 from graft_tx import ClusterInfo, Heartbeat, State, Timing, VoteRequest, VoteResponse
+
+# Graft's algorithm as Go graft runs it; graft-tx features are tested on their own.
+pytestmark = pytest.mark.protocol("graft")
 
 TIMING = Timing(1.0, 1.0, 0.25)
 

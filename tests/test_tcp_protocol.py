@@ -26,6 +26,7 @@ from graft_tx import (
     ClusterInfo,
     GraftError,
     Heartbeat,
+    HeartbeatAck,
     TcpConfigError,
     TcpRpc,
     VoteRequest,
@@ -60,6 +61,7 @@ class RecordingNode:
     def __init__(self, node_id: str, cluster: str = "c", size: int = 3) -> None:
         self.id = node_id
         self.cluster_info = ClusterInfo(cluster, size)
+        self.protocol = "graft-tx"
         self.received: list[Message] = []
 
     def handle_vote_request(self, req: VoteRequest) -> None:
@@ -70,6 +72,9 @@ class RecordingNode:
 
     def handle_heartbeat(self, hb: Heartbeat) -> None:
         self.received.append(hb)
+
+    def handle_heartbeat_ack(self, ack: HeartbeatAck) -> None:
+        self.received.append(ack)
 
 
 class FakeTransport(StringTransportWithDisconnection):
@@ -217,6 +222,7 @@ def hello(sender: str = "a", /, **changes: Any) -> dict[str, Any]:
         "cluster": "c",
         "node": sender,
         "size": 3,
+        "protocol": "graft-tx",
         "nonce": new_nonce(),
     }
     for key, value in changes.items():
@@ -303,7 +309,8 @@ def test_handshake_lets_the_client_send_to_the_server(secret: bytes | str | None
 
 
 def test_client_hello_is_the_documented_line() -> None:
-    """The connecting side opens with a hello naming version, cluster, node, size and a nonce."""
+    """The connecting side opens with a hello naming version, cluster, node, size, protocol
+    and a nonce."""
     client = Peer("a", cluster="cl", size=3).dial()
     [first] = client.sent()
     assert {k: v for k, v in first.items() if k != "nonce"} == {
@@ -312,6 +319,7 @@ def test_client_hello_is_the_documented_line() -> None:
         "cluster": "cl",
         "node": "a",
         "size": 3,
+        "protocol": "graft-tx",
     }
     assert len(first["nonce"]) == 32 and bytes.fromhex(first["nonce"])
     assert Peer("a").dial().sent()[0]["nonce"] != first["nonce"]

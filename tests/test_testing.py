@@ -13,7 +13,7 @@ from twisted.internet import task
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from graft_tx import ClusterInfo, GraftError, Heartbeat, VoteRequest, VoteResponse
+from graft_tx import ClusterInfo, GraftError, Heartbeat, HeartbeatAck, VoteRequest, VoteResponse
 from graft_tx.interfaces import IElectionNode, IRpc
 from graft_tx.testing import Delivery, MemoryNetwork, MemoryRpc
 
@@ -27,6 +27,7 @@ class FakeNode:
     def __init__(self, node_id: str, clock: task.Clock) -> None:
         self.id = node_id
         self.cluster_info = ClusterInfo("test", 5)
+        self.protocol = "graft-tx"
         self._clock = clock
         self.received: list[tuple[float, Message]] = []
 
@@ -41,6 +42,10 @@ class FakeNode:
     def handle_heartbeat(self, hb: Heartbeat) -> None:
         assert isinstance(hb, Heartbeat)
         self.received.append((self._clock.seconds(), hb))
+
+    def handle_heartbeat_ack(self, ack: HeartbeatAck) -> None:
+        assert isinstance(ack, HeartbeatAck)
+        self.received.append((self._clock.seconds(), ack))
 
     def messages(self) -> list[Message]:
         return [message for _, message in self.received]

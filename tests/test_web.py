@@ -23,6 +23,9 @@ from graft_tx.node import Node
 from graft_tx.testing import MemoryNetwork
 from graft_tx.web import GraftResource
 
+# Graft's algorithm as Go graft runs it; graft-tx features are tested on their own.
+pytestmark = pytest.mark.protocol("graft")
+
 STATES = ("Follower", "Candidate", "Leader", "Closed")
 
 

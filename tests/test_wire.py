@@ -16,13 +16,14 @@ from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graft_tx import Heartbeat, VoteRequest, VoteResponse
+from graft_tx import Heartbeat, HeartbeatAck, VoteRequest, VoteResponse
 from graft_tx.transport import graft_pb2 as pb
 from graft_tx.transport import wire
 from graft_tx.transport.wire import (
     PROTOCOL,
     WireError,
     decode_heartbeat,
+    decode_heartbeat_ack,
     decode_vote_request,
     decode_vote_response,
     encode,
@@ -42,6 +43,8 @@ SCHEMA: dict[str, dict[int, tuple[str, int, int]]] = {
         3: ("current_state", FieldDescriptor.TYPE_BYTES, LENGTH_DELIMITED),
         10: ("cluster_size", FieldDescriptor.TYPE_UINT32, VARINT),
         11: ("protocol", FieldDescriptor.TYPE_STRING, LENGTH_DELIMITED),
+        12: ("pre_vote", FieldDescriptor.TYPE_BOOL, VARINT),
+        13: ("transfer", FieldDescriptor.TYPE_BOOL, VARINT),
     },
     "VoteResponse": {
         1: ("term", FieldDescriptor.TYPE_UINT64, VARINT),
@@ -49,17 +52,33 @@ SCHEMA: dict[str, dict[int, tuple[str, int, int]]] = {
         3: ("voter", FieldDescriptor.TYPE_STRING, LENGTH_DELIMITED),
         10: ("cluster_size", FieldDescriptor.TYPE_UINT32, VARINT),
         11: ("protocol", FieldDescriptor.TYPE_STRING, LENGTH_DELIMITED),
+        12: ("pre_vote", FieldDescriptor.TYPE_BOOL, VARINT),
     },
     "Heartbeat": {
         1: ("term", FieldDescriptor.TYPE_UINT64, VARINT),
         2: ("leader", FieldDescriptor.TYPE_STRING, LENGTH_DELIMITED),
         10: ("cluster_size", FieldDescriptor.TYPE_UINT32, VARINT),
         11: ("protocol", FieldDescriptor.TYPE_STRING, LENGTH_DELIMITED),
+        12: ("seq", FieldDescriptor.TYPE_UINT64, VARINT),
+        13: ("transfer_to", FieldDescriptor.TYPE_STRING, LENGTH_DELIMITED),
+    },
+    "HeartbeatAck": {
+        1: ("term", FieldDescriptor.TYPE_UINT64, VARINT),
+        2: ("follower", FieldDescriptor.TYPE_STRING, LENGTH_DELIMITED),
+        3: ("seq", FieldDescriptor.TYPE_UINT64, VARINT),
+        4: ("priority", FieldDescriptor.TYPE_UINT32, VARINT),
+        10: ("cluster_size", FieldDescriptor.TYPE_UINT32, VARINT),
+        11: ("protocol", FieldDescriptor.TYPE_STRING, LENGTH_DELIMITED),
     },
 }
 
 Decoder = Callable[[bytes, int], object]
-DECODERS: list[Decoder] = [decode_vote_request, decode_vote_response, decode_heartbeat]
+DECODERS: list[Decoder] = [
+    decode_vote_request,
+    decode_vote_response,
+    decode_heartbeat,
+    decode_heartbeat_ack,
+]
 
 
 # -- an independent protobuf reader and writer ---------------------------------
@@ -549,9 +568,14 @@ def test_random_bytes_raise_only_wire_error(payload: bytes, size: int) -> None:
             decode(payload, size)
 
 
-KINDS = {"VoteRequest": VoteRequest, "VoteResponse": VoteResponse, "Heartbeat": Heartbeat}
+KINDS = {
+    "VoteRequest": VoteRequest,
+    "VoteResponse": VoteResponse,
+    "Heartbeat": Heartbeat,
+    "HeartbeatAck": HeartbeatAck,
+}
 # Known field numbers of any message, and unknown ones.
-field_numbers = st.sampled_from([1, 2, 3, 4, 9, 10, 11, 12, 99, 2**29 - 1])
+field_numbers = st.sampled_from([1, 2, 3, 4, 9, 10, 11, 12, 13, 99, 2**29 - 1])
 
 
 @st.composite
@@ -587,6 +611,8 @@ def model_decode(
     """What decoding must give, by protobuf's rules and graft_tx's checks."""
     values: dict[str, object] = {"term": 0, "granted": False, "current_state": b""}
     values |= {"candidate": "", "voter": "", "leader": "", "cluster_size": 0, "protocol": ""}
+    values |= {"pre_vote": False, "transfer": False, "seq": 0, "transfer_to": ""}
+    values |= {"follower": "", "priority": 0}
     for number, _, value in fields:
         if number not in SCHEMA[kind]:
             continue
@@ -625,6 +651,7 @@ def test_decoding_agrees_with_an_independent_model(
         "VoteRequest": decode_vote_request,
         "VoteResponse": decode_vote_response,
         "Heartbeat": decode_heartbeat,
+        "HeartbeatAck": decode_heartbeat_ack,
     }[kind]
     expected = model_decode(kind, fields, size)
     if expected is WireError:

@@ -24,17 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egraft_tx/transport/graft.proto\x12\x08graft_tx\"m\n\x0bVoteRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tcandidate\x18\x02 \x01(\t\x12\x15\n\rcurrent_state\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63luster_size\x18\n \x01(\r\x12\x10\n\x08protocol\x18\x0b \x01(\t\"d\n\x0cVoteResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0f\n\x07granted\x18\x02 \x01(\x08\x12\r\n\x05voter\x18\x03 \x01(\t\x12\x14\n\x0c\x63luster_size\x18\n \x01(\r\x12\x10\n\x08protocol\x18\x0b \x01(\t\"Q\n\tHeartbeat\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0e\n\x06leader\x18\x02 \x01(\t\x12\x14\n\x0c\x63luster_size\x18\n \x01(\r\x12\x10\n\x08protocol\x18\x0b \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egraft_tx/transport/graft.proto\x12\x08graft_tx\"\x91\x01\n\x0bVoteRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tcandidate\x18\x02 \x01(\t\x12\x15\n\rcurrent_state\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63luster_size\x18\n \x01(\r\x12\x10\n\x08protocol\x18\x0b \x01(\t\x12\x10\n\x08pre_vote\x18\x0c \x01(\x08\x12\x10\n\x08transfer\x18\r \x01(\x08\"v\n\x0cVoteResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0f\n\x07granted\x18\x02 \x01(\x08\x12\r\n\x05voter\x18\x03 \x01(\t\x12\x14\n\x0c\x63luster_size\x18\n \x01(\r\x12\x10\n\x08protocol\x18\x0b \x01(\t\x12\x10\n\x08pre_vote\x18\x0c \x01(\x08\"s\n\tHeartbeat\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0e\n\x06leader\x18\x02 \x01(\t\x12\x14\n\x0c\x63luster_size\x18\n \x01(\r\x12\x10\n\x08protocol\x18\x0b \x01(\t\x12\x0b\n\x03seq\x18\x0c \x01(\x04\x12\x13\n\x0btransfer_to\x18\r \x01(\t\"u\n\x0cHeartbeatAck\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x10\n\x08\x66ollower\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x10\n\x08priority\x18\x04 \x01(\r\x12\x14\n\x0c\x63luster_size\x18\n \x01(\r\x12\x10\n\x08protocol\x18\x0b \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'graft_tx.transport.graft_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VOTEREQUEST']._serialized_start=44
-  _globals['_VOTEREQUEST']._serialized_end=153
-  _globals['_VOTERESPONSE']._serialized_start=155
-  _globals['_VOTERESPONSE']._serialized_end=255
-  _globals['_HEARTBEAT']._serialized_start=257
-  _globals['_HEARTBEAT']._serialized_end=338
+  _globals['_VOTEREQUEST']._serialized_start=45
+  _globals['_VOTEREQUEST']._serialized_end=190
+  _globals['_VOTERESPONSE']._serialized_start=192
+  _globals['_VOTERESPONSE']._serialized_end=310
+  _globals['_HEARTBEAT']._serialized_start=312
+  _globals['_HEARTBEAT']._serialized_end=427
+  _globals['_HEARTBEATACK']._serialized_start=429
+  _globals['_HEARTBEATACK']._serialized_end=546
 # @@protoc_insertion_point(module_scope)

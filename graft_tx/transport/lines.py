@@ -17,11 +17,11 @@ import os
 from typing import Any
 
 from graft_tx.errors import GraftError, MessageError
-from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse
+from graft_tx.messages import Heartbeat, HeartbeatAck, VoteRequest, VoteResponse
 
 VERSION = "graft-tx-tcp/1"
 NONCE_BYTES = 16
-Message = VoteRequest | VoteResponse | Heartbeat
+Message = VoteRequest | VoteResponse | Heartbeat | HeartbeatAck
 
 
 class LineError(GraftError, ValueError):
@@ -48,21 +48,43 @@ def load(line: bytes) -> dict[str, Any]:
 
 
 def encode_message(message: Message) -> dict[str, Any]:
+    """The JSON object of C{message}; graft-tx's optional fields only when set."""
+    obj: dict[str, Any]
     if isinstance(message, VoteRequest):
-        return {
+        obj = {
             "type": "vote_request",
             "term": message.term,
             "candidate": message.candidate,
             "state": base64.b64encode(message.current_state).decode("ascii"),
         }
-    if isinstance(message, VoteResponse):
-        return {
+        if message.pre_vote:
+            obj["pre_vote"] = True
+        if message.transfer:
+            obj["transfer"] = True
+    elif isinstance(message, VoteResponse):
+        obj = {
             "type": "vote_response",
             "term": message.term,
             "granted": message.granted,
             "voter": message.voter,
         }
-    return {"type": "heartbeat", "term": message.term, "leader": message.leader}
+        if message.pre_vote:
+            obj["pre_vote"] = True
+    elif isinstance(message, HeartbeatAck):
+        obj = {
+            "type": "heartbeat_ack",
+            "term": message.term,
+            "follower": message.follower,
+            "seq": message.seq,
+            "priority": message.priority,
+        }
+    else:
+        obj = {"type": "heartbeat", "term": message.term, "leader": message.leader}
+        if message.seq:
+            obj["seq"] = message.seq
+        if message.transfer_to:
+            obj["transfer_to"] = message.transfer_to
+    return obj
 
 
 def decode_message(obj: dict[str, Any]) -> Message:
@@ -71,24 +93,40 @@ def decode_message(obj: dict[str, Any]) -> Message:
     @raise LineError: an unknown type, or missing or invalid fields.
     """
     kind = obj["type"]
+    get = obj.get
     try:
         if kind == "vote_request":
-            state = obj.get("state", "")
+            state = get("state", "")
             if not isinstance(state, str):
                 raise LineError("state must be base64 text")
             return VoteRequest(
-                obj.get("term"),  # type: ignore[arg-type]
-                obj.get("candidate"),  # type: ignore[arg-type]
+                get("term"),  # type: ignore[arg-type]
+                get("candidate"),  # type: ignore[arg-type]
                 base64.b64decode(state, validate=True),
+                get("pre_vote", False),
+                get("transfer", False),
             )
         if kind == "vote_response":
             return VoteResponse(
-                obj.get("term"),  # type: ignore[arg-type]
-                obj.get("granted"),  # type: ignore[arg-type]
-                obj.get("voter", ""),
+                get("term"),  # type: ignore[arg-type]
+                get("granted"),  # type: ignore[arg-type]
+                get("voter", ""),
+                get("pre_vote", False),
             )
         if kind == "heartbeat":
-            return Heartbeat(obj.get("term"), obj.get("leader"))  # type: ignore[arg-type]
+            return Heartbeat(
+                get("term"),  # type: ignore[arg-type]
+                get("leader"),  # type: ignore[arg-type]
+                get("seq", 0),
+                get("transfer_to", ""),
+            )
+        if kind == "heartbeat_ack":
+            return HeartbeatAck(
+                get("term"),  # type: ignore[arg-type]
+                get("follower"),  # type: ignore[arg-type]
+                get("seq"),  # type: ignore[arg-type]
+                get("priority", 1),
+            )
     except (MessageError, ValueError) as e:  # binascii.Error is a ValueError
         raise LineError(f"invalid {kind}: {e}") from None
     raise LineError(f"unknown message type {kind!r}")

@@ -23,8 +23,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from graft_tx.errors import GraftError
-from graft_tx.interfaces import IElectionNode, IRpc
-from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse
+from graft_tx.interfaces import IAckingRpc, IElectionNode
+from graft_tx.messages import Heartbeat, HeartbeatAck, VoteRequest, VoteResponse
 from graft_tx.ratelimit import RateLimitedLog
 from graft_tx.transport import wire
 from graft_tx.transport.natsclient import (
@@ -37,7 +37,7 @@ from graft_tx.transport.natsclient import (
     connection_options,
 )
 
-M = TypeVar("M", VoteRequest, VoteResponse, Heartbeat)
+M = TypeVar("M", VoteRequest, VoteResponse, Heartbeat, HeartbeatAck)
 
 
 class SubjectError(GraftError, ValueError):
@@ -71,7 +71,11 @@ def vote_response_subject(node_id: str) -> str:
     return f"graft.{node_id}.vote_response"
 
 
-@implementer(IRpc)
+def heartbeat_ack_subject(node_id: str) -> str:
+    return f"graft.{node_id}.heartbeat_ack"
+
+
+@implementer(IAckingRpc)
 class NatsRpc:
     """One node's NATS transport.
 
@@ -102,6 +106,7 @@ class NatsRpc:
         self._connecting: Deferred[NatsConnection] | None = None
         self._node: IElectionNode | None = None
         self._size = 0
+        self._wire_protocol = wire.PROTOCOL
         self._subscriptions: list[NatsSubscription] = []
         self._ready = False
         self._waiters: list[Deferred[None]] = []
@@ -142,6 +147,7 @@ class NatsRpc:
             raise NatsClosedError("the shared NATS connection is closed")
         self._node = node
         self._size = node.cluster_info.size
+        self._wire_protocol = wire.wire_protocol(node.protocol)
         self._invalid = RateLimitedLog(self.log, reactor)
         if self._connection is not None:
             self._connected(self._connection)
@@ -168,16 +174,22 @@ class NatsRpc:
         assert self._node is not None
         self._publish(
             vote_request_subject(self._node.cluster_info.name),
-            wire.encode(req, self._size),
+            self._encode(req),
             reply=vote_response_subject(self._node.id),
         )
 
     def heartbeat(self, hb: Heartbeat) -> None:
         assert self._node is not None
-        self._publish(heartbeat_subject(self._node.cluster_info.name), wire.encode(hb, self._size))
+        self._publish(heartbeat_subject(self._node.cluster_info.name), self._encode(hb))
 
     def send_vote_response(self, candidate_id: str, resp: VoteResponse) -> None:
-        self._publish(vote_response_subject(candidate_id), wire.encode(resp, self._size))
+        self._publish(vote_response_subject(candidate_id), self._encode(resp))
+
+    def send_heartbeat_ack(self, leader_id: str, ack: HeartbeatAck) -> None:
+        self._publish(heartbeat_ack_subject(leader_id), self._encode(ack))
+
+    def _encode(self, message: wire.Message) -> bytes:
+        return wire.encode(message, self._size, self._wire_protocol)
 
     # -- connection -----------------------------------------------------
 
@@ -213,6 +225,7 @@ class NatsRpc:
             connection.subscribe(heartbeat_subject(cluster), self._on_heartbeat),
             connection.subscribe(vote_request_subject(cluster), self._on_vote_request),
             connection.subscribe(vote_response_subject(self._node.id), self._on_vote_response),
+            connection.subscribe(heartbeat_ack_subject(self._node.id), self._on_heartbeat_ack),
         ]
         d = gatherResults(subscribing, consumeErrors=True)
         d.addCallback(self._subscribed)
@@ -289,17 +302,30 @@ class NatsRpc:
             error=str(error),
         )
 
-    def _decoded(self, message: NatsMessage, decode: Callable[[bytes, int], M]) -> M | None:
+    def _decoded(
+        self, message: NatsMessage, read: Callable[[bytes, int], tuple[M, str]]
+    ) -> M | None:
         if self._closed or self._node is None:
             return None
         try:
-            return decode(message.data, self._size)
+            decoded, protocol = read(message.data, self._size)
         except wire.WireError as e:
             self._drop(message, e)
             return None
+        if protocol != self._wire_protocol:
+            assert self._invalid is not None
+            self._invalid.warn(
+                'a message on {subject} comes from a node of protocol {theirs!r} ("" is Go '
+                "graft or mode 'graft'), this node runs {ours!r}: every node of a cluster "
+                "must use the same protocol",
+                subject=message.subject,
+                theirs=protocol,
+                ours=self._node.protocol,
+            )
+        return decoded
 
     def _on_vote_request(self, message: NatsMessage) -> None:
-        req = self._decoded(message, wire.decode_vote_request)
+        req = self._decoded(message, wire.read_vote_request)
         if req is None or self._node is None or req.candidate == self._node.id:
             return
         try:
@@ -311,11 +337,16 @@ class NatsRpc:
         self._node.handle_vote_request(req)
 
     def _on_vote_response(self, message: NatsMessage) -> None:
-        resp = self._decoded(message, wire.decode_vote_response)
+        resp = self._decoded(message, wire.read_vote_response)
         if resp is not None and self._node is not None:
             self._node.handle_vote_response(resp)
 
     def _on_heartbeat(self, message: NatsMessage) -> None:
-        hb = self._decoded(message, wire.decode_heartbeat)
+        hb = self._decoded(message, wire.read_heartbeat)
         if hb is not None and self._node is not None:
             self._node.handle_heartbeat(hb)
+
+    def _on_heartbeat_ack(self, message: NatsMessage) -> None:
+        ack = self._decoded(message, wire.read_heartbeat_ack)
+        if ack is not None and self._node is not None:
+            self._node.handle_heartbeat_ack(ack)

@@ -43,8 +43,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from graft_tx.errors import GraftError, MessageError
-from graft_tx.interfaces import IElectionNode, IRpc
-from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse, check_id
+from graft_tx.interfaces import IAckingRpc, IElectionNode
+from graft_tx.messages import Heartbeat, HeartbeatAck, VoteRequest, VoteResponse, check_id
 from graft_tx.ratelimit import RateLimitedLog
 from graft_tx.transport.lines import (
     VERSION,
@@ -190,6 +190,11 @@ class PeerProtocol(LineOnlyReceiver):
                 f"peer says the cluster has {obj.get('size')!r} nodes; "
                 f"this node says {node.cluster_info.size}"
             )
+        if obj.get("protocol") != node.protocol:
+            raise LineError(
+                f"peer runs protocol {obj.get('protocol')!r}, this node {node.protocol!r}: "
+                "every node of a cluster must use the same protocol"
+            )
         peer = obj.get("node")
         try:
             check_id("node id", peer)
@@ -283,6 +288,7 @@ class PeerProtocol(LineOnlyReceiver):
             "cluster": node.cluster_info.name,
             "node": node.id,
             "size": node.cluster_info.size,
+            "protocol": node.protocol,
             "nonce": self._nonce,
         }
 
@@ -362,7 +368,7 @@ class _Outbound:
             self.service.startService()
 
 
-@implementer(IRpc)
+@implementer(IAckingRpc)
 class TcpRpc:
     """A node's TCP transport to a fixed set of peers.
 
@@ -531,11 +537,17 @@ class TcpRpc:
         self._broadcast(hb)
 
     def send_vote_response(self, candidate_id: str, resp: VoteResponse) -> None:
-        protocol = self._outbound.get(candidate_id)
+        self._send_to(candidate_id, resp)
+
+    def send_heartbeat_ack(self, leader_id: str, ack: HeartbeatAck) -> None:
+        self._send_to(leader_id, ack)
+
+    def _send_to(self, peer: str, message: Message) -> None:
+        protocol = self._outbound.get(peer)
         if protocol is None:
             self.dropped_outgoing += 1
         else:
-            protocol.send_message(resp)
+            protocol.send_message(message)
 
     def _broadcast(self, message: Message) -> None:
         self.dropped_outgoing += len(self._peers) - len(self._outbound)
@@ -615,10 +627,16 @@ class TcpRpc:
             if message.leader != peer:
                 raise LineError(f"a heartbeat for {message.leader!r} from {peer!r}")
             node.handle_heartbeat(message)
+        elif isinstance(message, HeartbeatAck):
+            if message.follower != peer:
+                raise LineError(f"an acknowledgement of {message.follower!r} from {peer!r}")
+            node.handle_heartbeat_ack(message)
         else:
             if message.voter not in ("", peer):
                 raise LineError(f"a vote of {message.voter!r} from {peer!r}")
-            node.handle_vote_response(VoteResponse(message.term, message.granted, peer))
+            node.handle_vote_response(
+                VoteResponse(message.term, message.granted, peer, message.pre_vote)
+            )
 
     def _warn(self, format: str, **fields: Any) -> None:
         if self._warnings is not None:

@@ -13,22 +13,27 @@ from typing import TypeVar
 from google.protobuf.message import DecodeError
 
 from graft_tx.errors import GraftError, MessageError
-from graft_tx.messages import Heartbeat, VoteRequest, VoteResponse
+from graft_tx.messages import Heartbeat, HeartbeatAck, VoteRequest, VoteResponse
 from graft_tx.transport import graft_pb2 as pb
 
 PROTOCOL = "graft-tx/1"
 # "" is what Go graft sends: it has no protocol field.
 KNOWN_PROTOCOLS = frozenset({"", PROTOCOL})
 
-Message = VoteRequest | VoteResponse | Heartbeat
-M = TypeVar("M", VoteRequest, VoteResponse, Heartbeat)
+Message = VoteRequest | VoteResponse | Heartbeat | HeartbeatAck
+M = TypeVar("M", VoteRequest, VoteResponse, Heartbeat, HeartbeatAck)
 
 
 class WireError(GraftError, ValueError):
     """A payload that is not a valid message for this node; drop it."""
 
 
-def encode(message: Message, cluster_size: int) -> bytes:
+def wire_protocol(mode: str) -> str:
+    """The protocol field a node in protocol C{mode} sends ("" in graft mode, as Go)."""
+    return PROTOCOL if mode == "graft-tx" else ""
+
+
+def encode(message: Message, cluster_size: int, protocol: str = PROTOCOL) -> bytes:
     """The protobuf bytes of C{message}, with graft_tx's extra fields."""
     if isinstance(message, VoteRequest):
         return pb.VoteRequest(
@@ -36,7 +41,9 @@ def encode(message: Message, cluster_size: int) -> bytes:
             candidate=message.candidate,
             current_state=message.current_state,
             cluster_size=cluster_size,
-            protocol=PROTOCOL,
+            protocol=protocol,
+            pre_vote=message.pre_vote,
+            transfer=message.transfer,
         ).SerializeToString()
     if isinstance(message, VoteResponse):
         return pb.VoteResponse(
@@ -44,35 +51,74 @@ def encode(message: Message, cluster_size: int) -> bytes:
             granted=message.granted,
             voter=message.voter,
             cluster_size=cluster_size,
-            protocol=PROTOCOL,
+            protocol=protocol,
+            pre_vote=message.pre_vote,
+        ).SerializeToString()
+    if isinstance(message, HeartbeatAck):
+        return pb.HeartbeatAck(
+            term=message.term,
+            follower=message.follower,
+            seq=message.seq,
+            priority=message.priority,
+            cluster_size=cluster_size,
+            protocol=protocol,
         ).SerializeToString()
     return pb.Heartbeat(
         term=message.term,
         leader=message.leader,
         cluster_size=cluster_size,
-        protocol=PROTOCOL,
+        protocol=protocol,
+        seq=message.seq,
+        transfer_to=message.transfer_to,
     ).SerializeToString()
+
+
+def read_vote_request(payload: bytes, cluster_size: int) -> tuple[VoteRequest, str]:
+    """A VoteRequest and the protocol its sender runs; see L{_parse}."""
+    w = _parse(pb.VoteRequest(), payload, cluster_size)
+    fields = (w.term, w.candidate, w.current_state, w.pre_vote, w.transfer)
+    return _checked(VoteRequest, *fields), w.protocol
+
+
+def read_vote_response(payload: bytes, cluster_size: int) -> tuple[VoteResponse, str]:
+    """A VoteResponse and the protocol its sender runs; see L{_parse}."""
+    w = _parse(pb.VoteResponse(), payload, cluster_size)
+    return _checked(VoteResponse, w.term, w.granted, w.voter, w.pre_vote), w.protocol
+
+
+def read_heartbeat(payload: bytes, cluster_size: int) -> tuple[Heartbeat, str]:
+    """A Heartbeat and the protocol its sender runs; see L{_parse}."""
+    w = _parse(pb.Heartbeat(), payload, cluster_size)
+    return _checked(Heartbeat, w.term, w.leader, w.seq, w.transfer_to), w.protocol
+
+
+def read_heartbeat_ack(payload: bytes, cluster_size: int) -> tuple[HeartbeatAck, str]:
+    """A HeartbeatAck and the protocol its sender runs; see L{_parse}."""
+    w = _parse(pb.HeartbeatAck(), payload, cluster_size)
+    return _checked(HeartbeatAck, w.term, w.follower, w.seq, w.priority), w.protocol
 
 
 def decode_vote_request(payload: bytes, cluster_size: int) -> VoteRequest:
     """Decode a VoteRequest for a cluster of C{cluster_size}; see L{_parse}."""
-    wire = _parse(pb.VoteRequest(), payload, cluster_size)
-    return _checked(VoteRequest, wire.term, wire.candidate, wire.current_state)
+    return read_vote_request(payload, cluster_size)[0]
 
 
 def decode_vote_response(payload: bytes, cluster_size: int) -> VoteResponse:
     """Decode a VoteResponse for a cluster of C{cluster_size}; see L{_parse}."""
-    wire = _parse(pb.VoteResponse(), payload, cluster_size)
-    return _checked(VoteResponse, wire.term, wire.granted, wire.voter)
+    return read_vote_response(payload, cluster_size)[0]
 
 
 def decode_heartbeat(payload: bytes, cluster_size: int) -> Heartbeat:
     """Decode a Heartbeat for a cluster of C{cluster_size}; see L{_parse}."""
-    wire = _parse(pb.Heartbeat(), payload, cluster_size)
-    return _checked(Heartbeat, wire.term, wire.leader)
+    return read_heartbeat(payload, cluster_size)[0]
 
 
-W = TypeVar("W", pb.VoteRequest, pb.VoteResponse, pb.Heartbeat)
+def decode_heartbeat_ack(payload: bytes, cluster_size: int) -> HeartbeatAck:
+    """Decode a HeartbeatAck for a cluster of C{cluster_size}; see L{_parse}."""
+    return read_heartbeat_ack(payload, cluster_size)[0]
+
+
+W = TypeVar("W", pb.VoteRequest, pb.VoteResponse, pb.Heartbeat, pb.HeartbeatAck)
 
 
 def _parse(wire: W, payload: bytes, cluster_size: int) -> W:

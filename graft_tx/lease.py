@@ -1,0 +1,74 @@
+"""A leader's lease: the heartbeats a quorum acknowledged, and how long that holds.
+
+A follower that acknowledges heartbeat k (sent at time t) resets its election
+timer when it receives it, and in graft-tx mode it grants no vote or pre-vote
+for anyone else until the minimum election timeout has passed since it last
+heard from the leader. Any new leader needs the vote of one of the quorum that
+acknowledged heartbeat k, so none can be elected before t + the minimum
+election timeout, and the leader may consider itself the only leader until
+then. The lease keeps a margin (L{DRIFT}) for clocks that run at slightly
+different rates on different machines.
+"""
+
+from __future__ import annotations
+
+DRIFT = 0.05
+_KEEP = 64
+
+
+class Lease:
+    """What one leader, in one term, knows of its followers' acknowledgements."""
+
+    def __init__(self, now: float, duration: float, quorum: int) -> None:
+        self.started = now
+        self.duration = duration * (1 - DRIFT)
+        self._quorum = quorum
+        self._sent: dict[int, float] = {}
+        self.acked: dict[str, int] = {}
+        self.ack_times: dict[str, float] = {}
+        self.priorities: dict[str, int] = {}
+        self.seq = 0
+        self.expiry: float | None = None
+
+    def next_heartbeat(self, now: float) -> int:
+        """Number the next heartbeat, sent C{now}."""
+        self.seq += 1
+        self._sent[self.seq] = now
+        self._sent.pop(self.seq - _KEEP, None)
+        if self._quorum <= 1:
+            self.expiry = now + self.duration
+        return self.seq
+
+    def ack(self, follower: str, seq: int, priority: int, now: float) -> bool:
+        """Record an acknowledgement; whether the lease grew."""
+        if seq > self.seq or seq <= self.acked.get(follower, 0):
+            return False
+        self.acked[follower] = seq
+        self.ack_times[follower] = now
+        self.priorities[follower] = priority
+        needed = self._quorum - 1
+        seqs = sorted(self.acked.values(), reverse=True)
+        if needed <= 0 or len(seqs) < needed:
+            return False
+        sent = self._sent.get(seqs[needed - 1])
+        if sent is None:
+            return False
+        expiry = sent + self.duration
+        if self.expiry is not None and expiry <= self.expiry:
+            return False
+        self.expiry = expiry
+        return True
+
+    def holds(self, now: float) -> bool:
+        return self.expiry is not None and now < self.expiry
+
+    def lost(self, now: float) -> bool:
+        """No quorum within a lease's length: the leader must step down."""
+        deadline = self.expiry if self.expiry is not None else self.started + self.duration
+        return now >= deadline
+
+    def best_follower(self) -> str | None:
+        """The follower most up to date with our heartbeats (then the highest priority)."""
+        if not self.acked:
+            return None
+        return max(self.acked, key=lambda f: (self.acked[f], self.priorities.get(f, 1), f))
