@@ -50,8 +50,12 @@ class NodeCollector:
         for each in State:
             state.add_metric([*values, str(each)], 1.0 if node.state is each else 0.0)
         yield state
-        leader = GaugeMetricFamily("graft_is_leader", "1 while this node leads.", labels=labels)
-        leader.add_metric(values, 1.0 if node.state is State.LEADER else 0.0)
+        leader = GaugeMetricFamily(
+            "graft_is_leader",
+            "1 while this node leads (with a lease in graft-tx mode).",
+            labels=labels,
+        )
+        leader.add_metric(values, 1.0 if node.is_leader() else 0.0)
         yield leader
         term = GaugeMetricFamily("graft_term", "This node's current term.", labels=labels)
         term.add_metric(values, float(node.current_term))

@@ -216,6 +216,10 @@ class Node:
     def priority(self) -> int:
         return self._priority
 
+    def monotonic(self) -> float:
+        """The node's monotonic clock, on which lease expiries are given."""
+        return self._monotonic()
+
     def is_leader(self) -> bool:
         """Whether this node leads now. In graft-tx mode: only while its lease
         holds, that is while no other node can have been elected."""

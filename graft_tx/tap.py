@@ -16,7 +16,8 @@ from graft_tx.cluster import ClusterInfo, Timing
 from graft_tx.errors import GraftError
 from graft_tx.hooks import HookCommands, HookHandler, HookRunner, command
 from graft_tx.interfaces import IRpc
-from graft_tx.messages import check_id
+from graft_tx.messages import MAX_PRIORITY, check_id
+from graft_tx.node import GRAFT, PROTOCOLS
 from graft_tx.service import GraftService
 from graft_tx.transport.nats import NatsRpc
 from graft_tx.transport.tcp import TcpRpc
@@ -53,6 +54,12 @@ class Options(usage.Options):
          "Where the node keeps its term and vote. Default: ./graft-CLUSTER.state."],
         ["node-id", None, None, "This node's id. Default: a fresh random id."],
         ["transport", None, None, "nats or tcp. Default: tcp when --peer is given, else nats."],
+        ["protocol", None, "graft-tx",
+         "graft-tx (leases, pre-vote, transfer) or graft (Go graft's behaviour, to mix with "
+         "Go nodes)."],
+        ["priority", None, "1",
+         "Nodes of higher priority campaign first and take over from lower ones; 0 never "
+         "leads."],
         ["listen", None, None, "TCP: the server endpoint for peers, such as tcp:7001."],
         ["secret-file", None, None, "TCP: a file holding the cluster's shared secret."],
         ["election-timeout", None, None,
@@ -117,6 +124,20 @@ class Options(usage.Options):
                 f"--{tcp_given[0]} is a TCP option; use --transport tcp (or give --peer)"
             )
         self["size"] = self._size(transport)
+        if self["protocol"] not in PROTOCOLS:
+            raise usage.UsageError(
+                f"--protocol must be graft-tx or graft, not {self['protocol']!r}"
+            )
+        try:
+            self["priority"] = int(self["priority"])
+        except ValueError:
+            raise usage.UsageError(
+                f"--priority must be a whole number, not {self['priority']!r}"
+            ) from None
+        if not 0 <= self["priority"] <= MAX_PRIORITY:
+            raise usage.UsageError(f"--priority must be between 0 and {MAX_PRIORITY}")
+        if self["protocol"] == GRAFT and self["priority"] != 1:
+            raise usage.UsageError("--priority needs --protocol graft-tx")
         if self["node-id"] is not None:
             try:
                 check_id("--node-id", self["node-id"])
@@ -257,6 +278,8 @@ def makeService(options: Options) -> IService:
         options["state-file"],
         timing=options["timing"],
         node_id=options["node-id"],
+        protocol=options["protocol"],
+        priority=options["priority"],
     )
     graft.setName("graft")
     graft.setServiceParent(top)

@@ -30,6 +30,10 @@ from graft_tx.service import GraftService
 def status_of(node: Node) -> dict[str, Any]:
     """The JSON-ready status of C{node}."""
     stats = node.stats()
+    leadership = node.leadership()
+    remaining = None
+    if leadership.lease_expiry is not None:
+        remaining = max(0.0, leadership.lease_expiry - node.monotonic())
     return {
         "id": node.id,
         "cluster": node.cluster_info.name,
@@ -38,7 +42,10 @@ def status_of(node: Node) -> dict[str, Any]:
         "term": node.current_term,
         "vote": node.current_vote,
         "leader": node.leader,
-        "is_leader": node.state is State.LEADER,
+        "is_leader": node.is_leader(),
+        "lease_remaining": remaining,
+        "protocol": node.protocol,
+        "priority": node.priority,
         "last_state_change": stats.last_state_change,
         "last_heartbeat": stats.last_heartbeat,
         "elections_started": stats.elections_started,
@@ -78,7 +85,8 @@ class StatusPage(_Page):
 class LeaderPage(_Page):
     def render_GET(self, request: Request) -> bytes:
         node = self._service.node
-        if node is not None and node.state is State.LEADER:
+        # With leases, only while no other node can have been elected.
+        if node is not None and node.is_leader():
             return self._text(request, 200, "leader\n")
         return self._text(request, 503, "not the leader\n")
 

@@ -717,3 +717,27 @@ def test_twistd_graft_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert "Traceback" not in text
     assert state.exists()
     assert StateFile(str(state)).load().term >= 1
+
+
+def test_protocol_and_priority_reach_the_service() -> None:
+    """--protocol and --priority are checked and passed to the GraftService."""
+    options = parse("--cluster", "c", "--protocol", "graft")
+    assert (options["protocol"], options["priority"]) == ("graft", 1)
+    options = parse("--cluster", "c", "--priority", "3")
+    assert (options["protocol"], options["priority"]) == ("graft-tx", 3)
+    service = makeService(options).getServiceNamed("graft")
+    assert (service.protocol, service.priority) == ("graft-tx", 3)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--protocol", "raft"], "--protocol must be graft-tx or graft"),
+        (["--priority", "x"], "--priority must be a whole number"),
+        (["--priority", "-1"], "--priority must be between 0"),
+        (["--protocol", "graft", "--priority", "2"], "--priority needs --protocol graft-tx"),
+    ],
+)
+def test_bad_protocol_or_priority(args: list[str], fragment: str) -> None:
+    """A bad --protocol or --priority is refused with a one-line message."""
+    refused(["--cluster", "c", *args], fragment)
