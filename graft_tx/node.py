@@ -616,7 +616,7 @@ class Node:
             if p > self._priority
             and now - lease.ack_times.get(f, 0) <= fresh
             and now - lease.started >= steady
-            and lease.acked.get(f) == lease.seq
+            and lease.acked.get(f, 0) >= lease.seq - 1
         ]
         return max(better, key=lambda f: (lease.priorities[f], f)) if better else None
 
