@@ -92,6 +92,11 @@ class PeerProtocol(LineOnlyReceiver):
     # -- connection life ------------------------------------------------
 
     def connectionMade(self) -> None:
+        # Each connection carries small messages one way: without NODELAY the
+        # receiver's delayed ACK holds the next message back about 40 ms.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         if self._side == SERVER and not self._rpc._admit(self):
             self.state = "closed"
             self._abort()
