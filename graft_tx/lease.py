@@ -19,8 +19,12 @@ _KEEP = 64
 class Lease:
     """What one leader, in one term, knows of its followers' acknowledgements."""
 
-    def __init__(self, now: float, duration: float, quorum: int) -> None:
+    def __init__(self, now: float, duration: float, quorum: int, gap: float) -> None:
+        """C{gap}: the longest pause between a follower's acks that still
+        counts as steady (for priority handovers)."""
         self.started = now
+        self._gap = gap
+        self.steady_since: dict[str, float] = {}
         self.duration = duration * (1 - DRIFT)
         self._quorum = quorum
         self._sent: dict[int, float] = {}
@@ -44,6 +48,9 @@ class Lease:
         if seq > self.seq or seq <= self.acked.get(follower, 0):
             return False
         self.acked[follower] = seq
+        last = self.ack_times.get(follower)
+        if last is None or now - last > self._gap:
+            self.steady_since[follower] = now
         self.ack_times[follower] = now
         self.priorities[follower] = priority
         needed = self._quorum - 1
@@ -68,7 +75,9 @@ class Lease:
         return now >= deadline
 
     def best_follower(self) -> str | None:
-        """The follower most up to date with our heartbeats (then the highest priority)."""
-        if not self.acked:
+        """The follower most up to date with our heartbeats (then the highest
+        priority), leaving out those of priority 0, which never lead."""
+        able = [f for f in self.acked if self.priorities.get(f, 1) > 0]
+        if not able:
             return None
-        return max(self.acked, key=lambda f: (self.acked[f], self.priorities.get(f, 1), f))
+        return max(able, key=lambda f: (self.acked[f], self.priorities.get(f, 1), f))

@@ -237,7 +237,10 @@ class Node:
         return Leadership(self._state, self._term, self._leader, expiry)
 
     def when_leader(self) -> Deferred[int]:
-        """Fires with the term once this node leads with a lease (at once if it does)."""
+        """Fires with the term once this node leads with a lease (at once if it does).
+
+        It never fires on a node that closes first: cancel it if you stop waiting.
+        """
         if self.is_leader():
             return succeed(self._term)
         waiter: Deferred[int] = Deferred(lambda d: self._leader_waiters.remove(d))
@@ -271,7 +274,7 @@ class Node:
         if target_id is None:
             target_id = lease.best_follower()
             if target_id is None:
-                return fail(TransferError("no follower has acknowledged this leader yet"))
+                return fail(TransferError("no follower that can lead has acknowledged this leader"))
         elif target_id not in lease.acked:
             return fail(TransferError(f"{target_id!r} is not a follower heard by this leader"))
         if lease.priorities.get(target_id, 1) == 0:
@@ -572,7 +575,10 @@ class Node:
         self._votes.clear()
         if self._tx:
             self._lease = Lease(
-                self._monotonic(), self._timing.election_timeout_min, quorum(self._info.size)
+                self._monotonic(),
+                self._timing.election_timeout_min,
+                quorum(self._info.size),
+                gap=2 * self._timing.heartbeat_interval,
             )
         else:
             self._release_leader()
@@ -615,7 +621,7 @@ class Node:
             for f, p in lease.priorities.items()
             if p > self._priority
             and now - lease.ack_times.get(f, 0) <= fresh
-            and now - lease.started >= steady
+            and now - lease.steady_since.get(f, now) >= steady
             and lease.acked.get(f, 0) >= lease.seq - 1
         ]
         return max(better, key=lambda f: (lease.priorities[f], f)) if better else None
