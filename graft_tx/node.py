@@ -643,6 +643,7 @@ class Node:
         """Adopt a higher term seen in any message: no vote, FOLLOWER of C{leader}
         (C{""}: unknown)."""
         self._term, self._vote, self._leader = term, "", ""
+        self._pre_votes = None
         if leader:
             self._follow(leader)
         # Stepping down is the safe direction: do it even if the write fails.
