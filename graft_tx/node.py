@@ -422,7 +422,15 @@ class Node:
             self._become_leader()
 
     def handle_heartbeat(self, hb: Heartbeat) -> None:
-        if self._state is State.CLOSED or hb.leader == self._id or hb.term < self._term:
+        if self._state is State.CLOSED or hb.leader == self._id:
+            return
+        if hb.term < self._term:
+            if self._tx:
+                # Tell the stale leader our term. Stickiness keeps it from
+                # learning it from our vote requests, and a quorum acking it
+                # would keep it leading while we ignore it forever.
+                ack = HeartbeatAck(self._term, self._id, hb.seq, self._priority)
+                self._send(cast(IAckingRpc, self._rpc).send_heartbeat_ack, hb.leader, ack)
             return
         if hb.term > self._term:
             self._step_down(hb.term, leader=hb.leader)

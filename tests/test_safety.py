@@ -207,13 +207,25 @@ def test_follower_acks_each_accepted_heartbeat(tmp_path: Path) -> None:
     ]
 
 
-def test_stale_heartbeat_is_not_acknowledged(tmp_path: Path) -> None:
-    """A heartbeat of a term below the follower's own gets no ack and changes nothing."""
+def test_stale_heartbeat_is_answered_with_the_higher_term(tmp_path: Path) -> None:
+    """A heartbeat of a lower term changes nothing, and gets an ack carrying the node's own
+    higher term, so that the stale leader steps down."""
     u = unit(tmp_path, saved=PersistentState(5, ""))
     u.node.handle_heartbeat(Heartbeat(4, "old", 9))
-    assert u.rpc.acks == []
+    assert u.rpc.acks == [("old", HeartbeatAck(5, u.node.id, 9, 1))]
     assert u.node.leader == ""
     assert u.memory() == (5, "", F)
+
+
+def test_leader_steps_down_on_an_ack_of_a_higher_term(tmp_path: Path) -> None:
+    """A leader that gets an ack of a higher term (from a node it cannot otherwise reach,
+    because stickiness hides vote requests) adopts the term and steps down."""
+    u = unit(tmp_path, size=1)
+    u.clock.advance(2.0)
+    assert u.node.state is State.LEADER
+    term = u.node.current_term
+    u.node.handle_heartbeat_ack(HeartbeatAck(term + 3, "other", 1))
+    assert (u.node.state, u.node.current_term, u.node.is_leader()) == (F, term + 3, False)
 
 
 @pytest.mark.protocol("graft")
