@@ -588,9 +588,13 @@ class Simulation:
             self.record(f"restart {revived} with priority {self.priorities[revived]}")
 
     def hand_over(self) -> None:
-        leaders = self.leader_ids(awake=True)
+        # The cluster is often between leaders: give it a moment to elect one.
+        waited = 0.0
+        while not (leaders := self.leader_ids(awake=True)) and waited < 1.0:
+            self.advance(STEP, "waiting for a leader to hand over")
+            waited += STEP
         if not leaders:
-            self.record("transfer: no leader awake")
+            self.record("transfer: no leader awake after waiting 1s")
             return
         leader = self.rng.choice(leaders)
         target = None
