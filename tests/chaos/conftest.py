@@ -58,8 +58,8 @@ class ChaosReport:
 
     def summary(self) -> str:
         faults = ", ".join(f"{kind} x{count}" for kind, count in sorted(self.faults.items()))
-        verdict = "no violations" if not self.violations else "VIOLATIONS: " + "; ".join(
-            self.violations
+        verdict = (
+            "no violations" if not self.violations else "VIOLATIONS: " + "; ".join(self.violations)
         )
         return (
             f"{self.name}: {self.rounds} rounds; faults: {faults or 'none'}; "

@@ -1,0 +1,97 @@
+"""--event-log: graft_tx's own log events as JSON lines, and reading them back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from graft_tx.eventlog import RECORD_SEPARATOR, EventLogService, read_events
+from graft_tx.tap import Options, makeService
+
+ours = Logger(namespace="graft_tx.node.Node")
+theirs = Logger(namespace="twisted.web.server.Site")
+lookalike = Logger(namespace="graft_txt.other")
+
+
+def test_writes_only_graft_tx_events_with_their_fields_and_times(tmp_path: Path) -> None:
+    """Events of graft_tx's namespaces are written with their fields and log_time; others not."""
+    path = tmp_path / "events"
+    service = EventLogService(str(path))
+    service.startService()
+    try:
+        ours.info("node {node} leads", event="state_changed", node="n1", term=7)
+        theirs.info("a web request")
+        lookalike.info("not ours either")
+    finally:
+        service.stopService()
+    events = list(read_events(path))
+    assert [(e["event"], e["node"], e["term"]) for e in events] == [("state_changed", "n1", 7)]
+    assert isinstance(events[0]["log_time"], float)
+
+
+def test_nothing_is_written_after_stopping(tmp_path: Path) -> None:
+    """stopService removes the observer and closes the file."""
+    path = tmp_path / "events"
+    service = EventLogService(str(path))
+    service.startService()
+    ours.info("before", event="one")
+    service.stopService()
+    ours.info("after", event="two")
+    assert [e["event"] for e in read_events(path)] == ["one"]
+
+
+def test_appends_across_restarts(tmp_path: Path) -> None:
+    """A restarted node appends to the same log: earlier events are kept."""
+    path = tmp_path / "events"
+    for name in ("first", "second"):
+        service = EventLogService(str(path))
+        service.startService()
+        ours.info(name, event=name)
+        service.stopService()
+    assert [e["event"] for e in read_events(path)] == ["first", "second"]
+
+
+def test_a_torn_last_record_and_garbage_are_skipped(tmp_path: Path) -> None:
+    """A record cut short by SIGKILL, or one that is not JSON, is skipped; the rest is read."""
+    path = tmp_path / "events"
+    path.write_text(
+        RECORD_SEPARATOR + '{"event": "a", "log_time": 1.0}\n'
+        + RECORD_SEPARATOR + "not json\n"
+        + RECORD_SEPARATOR + "[1, 2]\n"
+        + RECORD_SEPARATOR + '{"event": "b", "log_time": 2.0}\n'
+        + RECORD_SEPARATOR + '{"event": "c", "log_ti'
+    )  # fmt: skip
+    assert [e["event"] for e in read_events(path)] == ["a", "b"]
+
+
+def test_a_missing_log_reads_as_empty(tmp_path: Path) -> None:
+    """A node that never started has no log: no events, no error."""
+    assert list(read_events(tmp_path / "absent")) == []
+
+
+def test_option_refuses_a_missing_directory(tmp_path: Path) -> None:
+    """--event-log in a directory that does not exist is a one-line usage error."""
+    options = Options()
+    with pytest.raises(usage.UsageError, match=r"--event-log: the directory .* does not exist"):
+        options.parseOptions(
+            ["--cluster", "c", "--listen", "tcp:7001", "--peer", "tcp:host=127.0.0.1:port=7002",
+             "--state-file", str(tmp_path / "s"), "--event-log", str(tmp_path / "no" / "e")]
+        )  # fmt: skip
+
+
+def test_make_service_starts_the_event_log_first(tmp_path: Path) -> None:
+    """The event log is the first child, so it stops last and records the others stopping."""
+    options = Options()
+    options.parseOptions(
+        ["--cluster", "c", "--listen", "tcp:7001", "--peer", "tcp:host=127.0.0.1:port=7002",
+         "--state-file", str(tmp_path / "s"), "--event-log", str(tmp_path / "e")]
+    )  # fmt: skip
+    top = makeService(options)
+    assert isinstance(top, MultiService)
+    first = next(iter(top))
+    assert isinstance(first, EventLogService)
+    assert first.path == str(tmp_path / "e")
