@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graft_tx.local import LocalCluster, LocalNode, NatsServer
+from graft_tx.local import LocalCluster, LocalNode, NatsServer, agreement_time
 
 # -- graft status -------------------------------------------------------
 
@@ -173,7 +173,11 @@ def demo_main(args: argparse.Namespace) -> int:
                 shown = table
             leader = demo.cluster.agreed_leader(statuses) if demo.cluster else None
             if killed is not None and leader is not None and leader != killed.name:
-                took = now - killed_at
+                # The nodes' own timestamps, not this loop's polling interval.
+                survivors = [node.name for node in demo.nodes if node is not killed]
+                events = demo.cluster.events() if demo.cluster else {}
+                agreed = agreement_time(events, survivors, killed_at, exclude=killed.name)
+                took = agreed[1] - killed_at if agreed else time.time() - killed_at
                 demo.failovers.append(took)
                 print(
                     f"failover: {leader} leads after {took * 1000:.0f} ms "
@@ -185,8 +189,8 @@ def demo_main(args: argparse.Namespace) -> int:
                 next_kill = now + args.kill_every
             elif killed is None and leader is not None and args.kill_every and now >= next_kill:
                 killed = next(node for node in demo.nodes if node.name == leader)
+                killed_at = time.time()
                 killed.kill()
-                killed_at = time.monotonic()
                 print(f"killed the leader {killed.name} (SIGKILL)", flush=True)
             time.sleep(0.1)
     except KeyboardInterrupt:

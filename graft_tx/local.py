@@ -413,12 +413,13 @@ def agreement_time(
     after: float,
     exclude: str = "",
 ) -> tuple[str, float] | None:
-    """When every survivor had last named one new leader, from their event logs.
+    """When every survivor had named one new leader, from their event logs.
 
     Looks at the C{leader_known} events logged after C{after} (wall-clock
-    seconds) and returns (leader, time) for the first leader other than
-    C{exclude} that every survivor named, at the latest of their times;
-    None if they never agreed.
+    seconds), takes the first time each survivor named each leader, and
+    returns (leader, time) for the leader other than C{exclude} that all of
+    them named soonest, at the latest of their times; None if they never
+    agreed.
     """
     named: dict[str, dict[str, float]] = {}
     for name in survivors:

@@ -74,6 +74,13 @@ class GraftService(Service):
         )
         # A restarted service comes back as the same node.
         self.node_id = self.node.id
+        self.log.info(
+            "node {node} of {cluster} started in term {term}",
+            event="node_started",
+            node=self.node.id,
+            cluster=self.info.name,
+            term=self.node.current_term,
+        )
         super().startService()  # type: ignore[no-untyped-call]
 
     def stopService(self) -> Deferred[None]:

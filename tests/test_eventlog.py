@@ -6,11 +6,15 @@ from pathlib import Path
 
 import pytest
 from twisted.application.service import MultiService
+from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.python import usage
 
+from graft_tx import ClusterInfo, GraftService, QueueHandler
 from graft_tx.eventlog import RECORD_SEPARATOR, EventLogService, read_events
+from graft_tx.statefile import PersistentState, StateFile
 from graft_tx.tap import Options, makeService
+from graft_tx.testing import MemoryNetwork
 
 ours = Logger(namespace="graft_tx.node.Node")
 theirs = Logger(namespace="twisted.web.server.Site")
@@ -95,3 +99,25 @@ def test_make_service_starts_the_event_log_first(tmp_path: Path) -> None:
     first = next(iter(top))
     assert isinstance(first, EventLogService)
     assert first.path == str(tmp_path / "e")
+
+
+def test_a_started_node_says_so_in_the_event_log(tmp_path: Path) -> None:
+    """GraftService logs node_started with its id, cluster and stored term, so tools can
+    tell when a node came up even before its transport connects."""
+    clock = Clock()
+    network = MemoryNetwork(clock)
+    path = tmp_path / "events"
+    events = EventLogService(str(path))
+    events.startService()
+    try:
+        StateFile(str(tmp_path / "state")).save(PersistentState(4, ""))
+        graft = GraftService(
+            ClusterInfo("c", 3), QueueHandler(), network.rpc(), str(tmp_path / "state"),
+            clock=clock, node_id="n1",
+        )  # fmt: skip
+        graft.startService()
+        graft.stopService()
+    finally:
+        events.stopService()
+    started = [e for e in read_events(path) if e.get("event") == "node_started"]
+    assert [(e["node"], e["cluster"], e["term"]) for e in started] == [("n1", "c", 4)]
