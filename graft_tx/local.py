@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,10 +161,11 @@ class LocalNode:
     prefix: Sequence[str] = ()
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    state_path: Path | None = None
 
     @property
     def state_file(self) -> Path:
-        return self.directory / f"{self.name}.state"
+        return self.state_path or self.directory / f"{self.name}.state"
 
     @property
     def log_file(self) -> Path:
@@ -273,8 +274,9 @@ class LocalNode:
 class LocalCluster:
     """N C{twistd graft} nodes over TCP or NATS, with their files in C{directory}.
 
-    C{hosts} gives each node's address (default 127.0.0.1 for all), and
-    C{prefixes} a command to run each under (such as C{ip netns exec ns1}).
+    C{hosts} gives each node's address (default 127.0.0.1 for all),
+    C{prefixes} a command to run each under (such as C{ip netns exec ns1}),
+    and C{state_files} a state file elsewhere for some nodes, by name.
     """
 
     directory: Path
@@ -287,6 +289,7 @@ class LocalCluster:
     hosts: Sequence[str] | None = None
     prefixes: Sequence[Sequence[str]] | None = None
     extra_args: Sequence[str] = ()
+    state_files: Mapping[str, Path] = field(default_factory=dict)
     nodes: list[LocalNode] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -309,6 +312,7 @@ class LocalCluster:
                 common += ["--nats", url]
         ports = {name: free_port() for name in names}
         for i, name in enumerate(names):
+            state = self.state_files.get(name, self.directory / f"{name}.state")
             own: list[str] = []
             if self.transport == "tcp":
                 own += ["--listen", f"tcp:{ports[name]}:interface={hosts[i]}"]
@@ -318,12 +322,12 @@ class LocalCluster:
             argv = [
                 *twistd_command(), "-n", "--pidfile=", "graft",
                 "--node-id", name,
-                "--state-file", str(self.directory / f"{name}.state"),
+                "--state-file", str(state),
                 "--event-log", str(self.directory / f"{name}.events"),
                 "--status", f"unix:{self.directory / (name + '.sock')}",
                 *common, *own, *self.extra_args,
             ]  # fmt: skip
-            self.nodes.append(LocalNode(name, argv, self.directory, prefixes[i]))
+            self.nodes.append(LocalNode(name, argv, self.directory, prefixes[i], state_path=state))
 
     @property
     def election_timeout_min(self) -> float:

@@ -60,6 +60,15 @@ def test_tcp_cluster_arguments(tmp_path: Path) -> None:
     assert graft[graft.index("--status") + 1] == f"unix:{tmp_path / 'n2.sock'}"
 
 
+def test_a_node_may_keep_its_state_file_elsewhere(tmp_path: Path) -> None:
+    """state_files moves one node's state file; the others stay in the cluster's directory."""
+    elsewhere = tmp_path / "disk" / "n2.state"
+    cluster = LocalCluster(tmp_path, size=3, state_files={"n2": elsewhere})
+    files = [node.argv[node.argv.index("--state-file") + 1] for node in cluster.nodes]
+    assert files == [str(tmp_path / "n1.state"), str(elsewhere), str(tmp_path / "n3.state")]
+    assert [node.state_file for node in cluster.nodes] == [Path(f) for f in files]
+
+
 def test_nats_cluster_arguments(tmp_path: Path) -> None:
     """NATS nodes get every server URL and the cluster size, and no TCP options."""
     urls = ["nats://127.0.0.1:1", "nats://127.0.0.1:2"]

@@ -46,6 +46,11 @@ class ChaosReport:
     leader_changes: int = 0
     longest_without_leader: float = 0.0
     violations: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        """A measurement of this test's own, shown in its summary line."""
+        self.notes.append(text)
 
     def fault(self, kind: str) -> None:
         self.faults[kind] += 1
@@ -61,10 +66,11 @@ class ChaosReport:
         verdict = (
             "no violations" if not self.violations else "VIOLATIONS: " + "; ".join(self.violations)
         )
+        notes = "".join(f"; {note}" for note in self.notes)
         return (
             f"{self.name}: {self.rounds} rounds; faults: {faults or 'none'}; "
             f"{self.leader_changes} leader changes; longest without a leader "
-            f"{self.longest_without_leader * 1000:.0f} ms; {verdict}"
+            f"{self.longest_without_leader * 1000:.0f} ms{notes}; {verdict}"
         )
 
 

@@ -13,35 +13,11 @@ from typing import Any
 from graft_tx.local import LocalCluster, NatsServer, cluster_args, free_port
 from graft_tx.transport.nats import vote_response_subject
 
+from .checks import check_event_logs
 from .conftest import ChaosReport, rounds
 
 # Generous for a busy 2-core machine: a NATS client reconnects every 2 s at most.
 AGREE_WITHIN = 30.0
-
-
-def check_history(cluster: LocalCluster, report: ChaosReport) -> int:
-    """One leader per term and no term going backwards, from every node's event log.
-
-    Returns how many times a node became leader.
-    """
-    winners: dict[int, set[str]] = {}
-    became = 0
-    for name, events in cluster.events().items():
-        last = 0
-        for event in events:
-            if event.get("event") != "state_changed":
-                continue
-            term = int(event["term"])
-            if term < last:
-                report.violation(f"{name}'s term went back from {last} to {term}")
-            last = max(last, term)
-            if event.get("state") == "Leader":
-                winners.setdefault(term, set()).add(name)
-                became += 1
-    for term, names in sorted(winners.items()):
-        if len(names) > 1:
-            report.violation(f"term {term} had {len(names)} leaders: {sorted(names)}")
-    return became
 
 
 def wait_for_agreement(cluster: LocalCluster, report: ChaosReport, since: float) -> str:
@@ -75,7 +51,7 @@ def test_nats_server_restarted_during_elections(
         cluster.node(leader).start()
         leader = wait_for_agreement(cluster, chaos_report, fault_at)
         chaos_report.rounds += 1
-    chaos_report.leader_changes = check_history(cluster, chaos_report) - 1
+    chaos_report.leader_changes = len(check_event_logs(chaos_report, cluster.events())) - 1
 
 
 def monitoring(port: int, path: str) -> dict[str, Any]:
@@ -147,4 +123,4 @@ def test_leaders_nats_server_killed_in_a_three_server_cluster(
             assert time.monotonic() < fault_at + 2 * AGREE_WITHIN, "the server did not rejoin"
             time.sleep(0.05)
         chaos_report.rounds += 1
-    chaos_report.leader_changes = check_history(cluster, chaos_report) - 1
+    chaos_report.leader_changes = len(check_event_logs(chaos_report, cluster.events())) - 1
