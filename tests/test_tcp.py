@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -767,6 +768,8 @@ async def test_tls_cluster_elects(tmp_path: Path, pki: dict[str, str]) -> None:
         leader = await elect(cluster.running())
         print(f"\nTLS: {leader.id} leads after {took:.2f}s")
         await holds(cluster.running(), leader, 0.5)
+        # The socket under TLS gives up on unacknowledged data too.
+        assert user_timeouts(cluster.rpcs[leader.id]) == [1000] * 4
         # A plain TCP peer gets nowhere with a TLS listener.
         raw = await connect_raw(cluster.ports[0])
         raw.send_object(hello("tls", 3, "plain"))
@@ -1067,6 +1070,46 @@ async def test_configuration_errors(tmp_path: Path) -> None:
     for empty in (b"", ""):
         with pytest.raises(TcpConfigError, match="secret"):
             TcpRpc(tcp_listen(port), [tcp_peer(free_port())], secret=empty)
+
+
+def user_timeouts(rpc: TcpRpc) -> list[int]:
+    """TCP_USER_TIMEOUT (ms) of each of the node's connections, through any TLS wrapper."""
+    found = []
+    for protocol in [*rpc._outbound.values(), *rpc._inbound]:
+        transport: Any = protocol.transport
+        while not isinstance(transport.getHandle(), socket.socket):
+            transport = transport.transport
+        sock = transport.getHandle()
+        found.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+    return found
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_give_up_on_unacknowledged_data(tmp_path: Path) -> None:
+    """Both sides of every connection carry TCP_USER_TIMEOUT = stall_timeout, so a link that
+    lost packets is dropped and redialled rather than left in retransmission backoff."""
+    cluster = Cluster(tmp_path, 2, stall_timeout=2.5)
+    try:
+        cluster.start_all()
+        await wait_until(cluster.fully_connected, 10, "both nodes connected")
+        for rpc in cluster.rpcs.values():
+            assert user_timeouts(rpc) == [2500, 2500]
+    finally:
+        await cluster.close()
+
+
+def test_peer_strings_get_a_connect_timeout() -> None:
+    """tcp: and tls: peer strings connect within stall_timeout (whole seconds, rounded up),
+    unless they name their own timeout."""
+    rpc = TcpRpc(tcp_listen(free_port()), [tcp_peer(1)], stall_timeout=2.5)
+    assert rpc._client_endpoint("tcp:host=127.0.0.1:port=1")._timeout == 3  # type: ignore[attr-defined]
+    assert rpc._client_endpoint("tcp:host=127.0.0.1:port=1:timeout=7")._timeout == 7  # type: ignore[attr-defined]
+    default = TcpRpc(tcp_listen(free_port()), [tcp_peer(1)])
+    assert default.stall_timeout == 1.0
+    assert default._client_endpoint("tcp:host=127.0.0.1:port=1")._timeout == 1  # type: ignore[attr-defined]
+    for bad in (0, -1, float("inf"), float("nan"), True):
+        with pytest.raises(TcpConfigError, match="stall_timeout"):
+            TcpRpc(tcp_listen(free_port()), [tcp_peer(1)], stall_timeout=bad)
 
 
 # -- close ----------------------------------------------------------------------------

@@ -20,8 +20,10 @@ closed, and both sides log why.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -97,6 +99,7 @@ class PeerProtocol(LineOnlyReceiver):
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
+        _set_user_timeout(self.transport, self._rpc.stall_timeout)
         if self._side == SERVER and not self._rpc._admit(self):
             self.state = "closed"
             self._abort()
@@ -373,6 +376,21 @@ class _Outbound:
             self.service.startService()
 
 
+def _set_user_timeout(transport: object, seconds: float) -> None:
+    """Drop the connection when sent data stays unacknowledged this long (Linux)."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    # TLS wraps the TCP transport: the socket is at the bottom.
+    for _ in range(4):
+        handle = getattr(transport, "getHandle", None)
+        sock = handle() if handle is not None else None
+        if isinstance(sock, socket.socket):
+            if option is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, option, int(seconds * 1000))
+            return
+        transport = getattr(transport, "transport", None)
+
+
 @implementer(IAckingRpc)
 class TcpRpc:
     """A node's TCP transport to a fixed set of peers.
@@ -384,6 +402,12 @@ class TcpRpc:
         C{"tls:..."}) or an L{IStreamClientEndpoint} per other node.
     @param secret: a shared cluster secret (bytes or str); with it, peers
         prove they know it and every message is authenticated.
+    @param stall_timeout: seconds that sent data may stay unacknowledged
+        (TCP_USER_TIMEOUT, where the platform has it), and that a connection
+        attempt to a C{tcp:} or C{tls:} peer string may take, before the
+        connection is dropped and retried. Without it a connection that lost
+        packets in a partition sits in the kernel's retransmission backoff,
+        unheard for seconds to minutes after the network heals.
     """
 
     log = Logger()
@@ -399,6 +423,7 @@ class TcpRpc:
         handshake_timeout: float = 5.0,
         max_pending_handshakes: int = 16,
         retry_max_delay: float = 2.0,
+        stall_timeout: float = 1.0,
     ) -> None:
         if isinstance(listen, str) and not listen.strip():
             raise TcpConfigError("listen must be a server endpoint, such as 'tcp:7001'")
@@ -419,6 +444,7 @@ class TcpRpc:
             ("handshake_timeout", handshake_timeout),
             ("max_pending_handshakes", max_pending_handshakes),
             ("retry_max_delay", retry_max_delay),
+            ("stall_timeout", stall_timeout),
         ):
             if (
                 isinstance(value, bool)
@@ -437,6 +463,7 @@ class TcpRpc:
         self.handshake_timeout = float(handshake_timeout)
         self.max_pending_handshakes = int(max_pending_handshakes)
         self._retry_max_delay = float(retry_max_delay)
+        self.stall_timeout = float(stall_timeout)
         self._node: IElectionNode | None = None
         self._port: IListeningPort | None = None
         self._connectors: list[_Outbound] = []
@@ -576,6 +603,9 @@ class TcpRpc:
     def _client_endpoint(self, peer: str | IStreamClientEndpoint) -> IStreamClientEndpoint:
         if not isinstance(peer, str):
             return peer
+        if peer.split(":", 1)[0] in ("tcp", "tls") and "timeout=" not in peer:
+            # Endpoint strings take whole seconds.
+            peer += f":timeout={max(1, math.ceil(self.stall_timeout))}"
         try:
             return cast(IStreamClientEndpoint, clientFromString(self._reactor, peer))  # type: ignore[no-untyped-call]
         except (ValueError, TypeError, OSError, ImportError) as e:
