@@ -151,6 +151,7 @@ class Node:
         self._vote = saved.voted_for
         self._leader = ""
         self._timer: IDelayedCall | None = None
+        self._timer_serial = 0
         self._votes: set[str] = set()
         self._anonymous_votes = 0
         self._events: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
@@ -686,17 +687,20 @@ class Node:
         """Replace the timer with one that runs C{action} unless the state changed."""
         self._disarm()
         owner = self._state
+        # A number, not the DelayedCall itself: a closure holding its own call
+        # is a reference cycle, left for the garbage collector on every reset.
+        serial = self._timer_serial
 
         def fire() -> None:
-            if self._timer is not call or self._state is not owner:
+            if self._timer_serial != serial or self._state is not owner:
                 return
             self._timer = None
             action()
 
-        call = self._clock.callLater(delay, fire)
-        self._timer = call
+        self._timer = self._clock.callLater(delay, fire)
 
     def _disarm(self) -> None:
+        self._timer_serial += 1
         if self._timer is not None:
             if self._timer.active():
                 self._timer.cancel()

@@ -487,6 +487,50 @@ async def test_garbage_changes_nothing(nats_server: NatsServer, tmp_path: Path) 
 
 
 @pytest_twisted.ensureDeferred
+async def test_publishes_of_one_turn_arrive_in_order(nats_server: NatsServer) -> None:
+    """Hundreds of publishes made in one reactor turn go out in order, and a flush asked
+    for after them covers them all."""
+    conn = await graft_tx.connect_nats(nats_server.url)
+    got: list[bytes] = []
+    try:
+        await conn.subscribe("order.test", lambda message: got.append(message.data))
+        await conn.flush()
+        sent = [str(i).encode() for i in range(300)]
+        published = [conn.publish("order.test", data) for data in sent]
+        await conn.flush()
+        assert all(d.called for d in published)
+        await wait_until(lambda: len(got) == len(sent), 5, "every message back")
+        assert got == sent
+    finally:
+        await conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_flushes_asked_for_together_share_one_round_trip(nats_server: NatsServer) -> None:
+    """A hundred flushes asked for in one turn (a hundred nodes subscribing on a shared
+    connection) make one flush of nats-py's, and all of them fire."""
+    conn = await graft_tx.connect_nats(nats_server.url)
+    client = conn.client
+    real_flush = client.flush
+    calls: list[float] = []
+
+    async def counting_flush(timeout: float = 2.0) -> None:
+        calls.append(timeout)
+        await real_flush(timeout=timeout)
+
+    client.flush = counting_flush
+    try:
+        flushes = [conn.flush() for _ in range(100)]
+        await DeferredList(flushes, fireOnOneErrback=True)
+        assert len(calls) == 1
+        await conn.flush()
+        assert len(calls) == 2
+    finally:
+        client.flush = real_flush
+        await conn.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_when_connected_means_subscribed(nats_server: NatsServer, tmp_path: Path) -> None:
     """when_connected fires once subscribed (a message sent right after arrives), then at once."""
     raw = await graft_tx.connect_nats(nats_server.url)

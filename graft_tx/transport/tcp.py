@@ -360,18 +360,35 @@ class _Outbound:
     over and over, so the retry policy also counts failed handshakes.
     """
 
-    def __init__(self, backoff: Callable[[int], float]) -> None:
+    def __init__(self, backoff: Callable[[int], float], clock: IReactorTime) -> None:
         self._backoff = backoff
+        self._clock = clock
         self.failures = 0
         self.protocol: PeerProtocol | None = None
         self.service: ClientService | None = None
+        # Who answers at this endpoint, once a handshake has told us.
+        self.peer_id: str | None = None
+        # When the pending retry is due; None while connecting or connected.
+        self.retry_at: float | None = None
 
     def delay(self, attempt: int) -> float:
-        return self._backoff(max(attempt, self.failures))
+        delay = self._backoff(max(attempt, self.failures))
+        self.retry_at = self._clock.seconds() + delay
+        return delay
 
-    def retry_now(self) -> None:
-        """Reconnect at once if waiting to retry (the peer is back, as we just heard)."""
-        if self.protocol is None and self.service is not None and self.service.running:
+    def retry_now(self, peer_id: str) -> None:
+        """Reconnect at once if waiting to retry, and this endpoint may be C{peer_id}
+        (the peer is back, as we just heard).
+
+        A connection attempt under way is left alone: restarting those on
+        every inbound handshake made a storm of connects in large clusters.
+        """
+        if self.peer_id not in (None, peer_id) or self.protocol is not None:
+            return
+        if self.retry_at is None or self.retry_at <= self._clock.seconds():
+            return
+        if self.service is not None and self.service.running:
+            self.retry_at = None
             self.service.stopService()
             self.service.startService()
 
@@ -535,7 +552,7 @@ class TcpRpc:
             jitter=lambda: jitter.uniform(0, 0.1),
         )
         for endpoint in clients:
-            outbound = _Outbound(policy)
+            outbound = _Outbound(policy, self.clock)
             outbound.service = ClientService(
                 endpoint,
                 _PeerFactory(self, CLIENT, outbound),
@@ -630,6 +647,9 @@ class TcpRpc:
         self._pending.discard(protocol)
         if protocol._side == CLIENT:
             self._outbound[protocol.peer_id] = protocol
+            if protocol._outbound is not None:
+                protocol._outbound.peer_id = protocol.peer_id
+                protocol._outbound.retry_at = None
             self.log.info(
                 "node {node} connected to peer {peer}", node=self.node.id, peer=protocol.peer_id
             )
@@ -639,7 +659,7 @@ class TcpRpc:
                 # A peer that just came (back) up: do not leave it unheard
                 # until our next retry, or it may campaign meanwhile.
                 for outbound in self._connectors:
-                    outbound.retry_now()
+                    outbound.retry_now(protocol.peer_id)
 
     def _lost(self, protocol: PeerProtocol) -> None:
         self._pending.discard(protocol)
