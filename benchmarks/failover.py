@@ -269,11 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             for c in done
         ],
     }
-    settings.out.mkdir(parents=True, exist_ok=True)
-    json_path = settings.out / f"failover-{settings.label}.json"
-    report.write_json(json_path, document)
-    print(f"wrote {json_path}")
-    png_path = settings.out / f"failover-{settings.label}.png"
+    png_path = report.save_json(settings.out, f"failover-{settings.label}", document)
     rows: list[report.Row] = []
     for transport in settings.transports:
         for size in settings.sizes:
@@ -289,9 +285,12 @@ def main(argv: list[str] | None = None) -> int:
             )
     skipped = report.draw(
         png_path,
-        f"graft_tx failover: from killing the leader to every survivor naming a new one\n"
-        f"{settings.timing_text}; {info['cores']} cores, Python {info['python']}, "
-        f"graft_tx {info['graft_tx']}; {settings.trials} trials per case",
+        report.title(
+            "graft_tx failover: from killing the leader to every survivor naming a new one",
+            settings.timing_text,
+            info,
+            settings.trials,
+        ),
         rows,
         marks=[
             (settings.election_min * 1000, "min election timeout"),
@@ -299,9 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         unit=(settings.election_min * 1000, "/ min election timeout"),
     )
-    print(f"PNG skipped: {skipped}" if skipped else f"wrote {png_path}")
-    print(f"{elapsed:.0f} s in all")
-    return 130 if interrupted else 0
+    return report.finish(png_path, skipped, elapsed, interrupted)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,28 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
     partial.replace(path)
 
 
+def save_json(out: Path, name: str, document: dict[str, Any]) -> Path:
+    """Write C{name}.json in C{out}, say so, and return where the PNG beside it goes."""
+    path = out / f"{name}.json"
+    write_json(path, document)
+    print(f"wrote {path}")
+    return out / f"{name}.png"
+
+
+def title(headline: str, timing: str, info: dict[str, Any], trials: int) -> str:
+    return (
+        f"{headline}\n{timing}; {info['cores']} cores, Python {info['python']}, "
+        f"graft_tx {info['graft_tx']}; {trials} trials per case"
+    )
+
+
+def finish(png_path: Path, skipped: str | None, elapsed: float, interrupted: bool) -> int:
+    """Say what became of the PNG and how long it all took; the exit status."""
+    print(f"PNG skipped: {skipped}" if skipped else f"wrote {png_path}")
+    print(f"{elapsed:.0f} s in all")
+    return 130 if interrupted else 0
+
+
 @dataclass
 class Row:
     """One case in the figure: a label and one or more named series of ms."""

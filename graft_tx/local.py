@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import random
 import shutil
 import signal
 import socket
@@ -27,8 +28,31 @@ from typing import Any
 from graft_tx.eventlog import read_events
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 just now."""
+    """A TCP port free on 127.0.0.1 just now, below the ephemeral range if it can.
+
+    Port 0 hands out a port from the ephemeral range, which outgoing
+    connections draw from too: between this call and a node's bind, one of
+    the other nodes' connections could take it.
+    """
+    low, _ = _ephemeral_ports()
+    if low > 10000:
+        for _ in range(50):
+            port = random.randrange(10000, low)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -201,6 +201,18 @@ def wait_for_agreement(
     return None, statuses
 
 
+def start_agreed(
+    cluster: LocalCluster, report: ChaosReport, watch: Watch | None = None
+) -> str | None:
+    """Start the cluster and wait until all its nodes agree on a leader: that leader, or
+    None after reporting the violation."""
+    cluster.start()
+    leader, last = wait_for_agreement(cluster, [node.name for node in cluster.nodes], watch=watch)
+    if leader is None:
+        no_agreement(report, cluster, "at start", last)
+    return leader
+
+
 def no_agreement(report: ChaosReport, cluster: LocalCluster, when: str, last: Any) -> None:
     """Report that the nodes did not agree on a leader in time, with the evidence."""
     report.violation(f"{when}: no agreed leader within {AGREEMENT_TIMEOUT:.0f}s ({describe(last)})")

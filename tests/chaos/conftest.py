@@ -111,6 +111,20 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
 
 
 @pytest.fixture
+def cluster_over(
+    make_cluster: Callable[..., LocalCluster], make_nats: Callable[..., NatsServer]
+) -> Callable[..., LocalCluster]:
+    """make_cluster over a transport named by the test's parameter; NATS gets its own server."""
+
+    def make(transport: str, **kwargs: Any) -> LocalCluster:
+        if transport == "nats":
+            kwargs["nats_urls"] = [make_nats().url]
+        return make_cluster(transport=transport, **kwargs)
+
+    return make
+
+
+@pytest.fixture
 def make_nats(tmp_path: Path) -> Iterator[Callable[..., NatsServer]]:
     """Start nats-servers on demand; all are stopped after the test."""
     servers: list[NatsServer] = []

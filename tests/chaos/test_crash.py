@@ -12,34 +12,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
-from graft_tx.local import LocalCluster, NatsServer, agreement_time
+from graft_tx.local import LocalCluster, agreement_time
 
-from .checks import Watch, check_event_logs, no_agreement, wait_for_agreement
+from .checks import Watch, check_event_logs, no_agreement, start_agreed, wait_for_agreement
 from .conftest import ChaosReport, rounds
 
 
 @pytest.mark.parametrize("transport", ["tcp", "nats"])
 def test_killing_the_leader_again_and_again(
     transport: str,
-    make_cluster: Callable[..., LocalCluster],
-    make_nats: Callable[..., NatsServer],
+    cluster_over: Callable[..., LocalCluster],
     chaos_report: ChaosReport,
 ) -> None:
     """Every leader kill ends in one agreed leader, no term going back and valid state files."""
-    options: dict[str, Any] = {"transport": transport}
-    if transport == "nats":
-        options["nats_urls"] = [make_nats().url]
-    cluster = make_cluster(**options)
+    cluster = cluster_over(transport)
     names = [node.name for node in cluster.nodes]
     watch = Watch(chaos_report)
-    cluster.start()
-    leader, last = wait_for_agreement(cluster, names, watch=watch)
+    leader = start_agreed(cluster, chaos_report, watch)
     if leader is None:
-        no_agreement(chaos_report, cluster, "at start", last)
         return
     try:
         for round_ in range(1, rounds(full=30, short=5) + 1):

@@ -33,6 +33,7 @@ from .checks import (
     no_agreement,
     read_state,
     show,
+    start_agreed,
     wait_for_agreement,
 )
 from .conftest import ChaosReport, rounds
@@ -153,11 +154,9 @@ def test_a_vote_that_cannot_be_recorded_is_never_granted(
     cluster = make_cluster(state_files={B: b_state})
     names = [node.name for node in cluster.nodes]
     b = cluster.node(B)
-    cluster.start()
     window = BAD_DISK_TIMEOUTS * cluster.election_timeout_max
-    leader, last = wait_for_agreement(cluster, names)
+    leader = start_agreed(cluster, chaos_report)
     if leader is None:
-        no_agreement(chaos_report, cluster, "at start", last)
         return
     try:
         for round_ in range(1, rounds(full=5, short=1) + 1):

@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from graft_tx.local import LocalCluster, LocalNode, NatsServer, agreement_time
+from graft_tx.local import LocalCluster, LocalNode, agreement_time
 
 from .checks import (
     Answer,
@@ -51,6 +51,7 @@ from .checks import (
     no_agreement,
     own_transitions,
     show,
+    start_agreed,
     wait_for_agreement,
 )
 from .conftest import ChaosReport, rounds
@@ -181,15 +182,11 @@ def show_answer(answer: Answer) -> str:
 @pytest.mark.parametrize("transport", ["tcp", "nats"])
 def test_a_paused_leader_steps_down_on_waking(
     transport: str,
-    make_cluster: Callable[..., LocalCluster],
-    make_nats: Callable[..., NatsServer],
+    cluster_over: Callable[..., LocalCluster],
     chaos_report: ChaosReport,
 ) -> None:
     """A leader woken after its successor's election steps down at once; no two leases overlap."""
-    options: dict[str, Any] = {"transport": transport}
-    if transport == "nats":
-        options["nats_urls"] = [make_nats().url]
-    cluster = make_cluster(**options)
+    cluster = cluster_over(transport)
     names = [node.name for node in cluster.nodes]
     watch = Watch(chaos_report)
     # On waking, the heartbeat timer of the old leader is long overdue: the
@@ -205,12 +202,10 @@ def test_a_paused_leader_steps_down_on_waking(
     step_downs: list[float] = []
     # (old leader, new leader, paused at, resumed at, stepped down at), wall clock
     pauses: list[tuple[str, str, float, float, float]] = []
-    cluster.start()
     with LeaderPoller(cluster.nodes) as poller:
         try:
-            leader, last = wait_for_agreement(cluster, names, watch=watch)
+            leader = start_agreed(cluster, chaos_report, watch)
             if leader is None:
-                no_agreement(chaos_report, cluster, "at start", last)
                 return
             for round_ in range(1, rounds(full=10, short=3) + 1):
                 chaos_report.rounds = round_
