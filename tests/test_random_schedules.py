@@ -31,6 +31,7 @@ import random
 from pathlib import Path
 
 import pytest
+from ledger import Ledger
 from twisted.internet import task
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from zope.interface import implementer
@@ -106,56 +107,25 @@ class Simulation:
         )
         self.network.observe(self._on_wire)
         self.nodes: dict[str, graft_tx.Node] = {}
-        self.leaders: dict[int, str] = {}
-        self.votes: dict[tuple[str, int], str] = {}
-        self.terms: dict[str, int] = {}
-        self.sent_terms: dict[str, int] = {}
-        self.violations: list[str] = []
+        self.ledger = Ledger(graft_tx.quorum(size))
+        self.leaders, self.votes = self.ledger.leaders, self.ledger.votes
+        self.terms, self.sent_terms = self.ledger.terms, self.ledger.sent_terms
+        self.violations = self.ledger.violations
         self.history: list[str] = [f"size {size}, latency {latency}, loss {self.network.loss:.3f}"]
 
     # -- recording and checking -----------------------------------------
 
-    def _claim_leader(self, term: int, leader: str, source: str) -> None:
-        known = self.leaders.get(term)
-        if known is not None:
-            if known != leader:
-                self.violations.append(
-                    f"two leaders in term {term}: {known} and {leader} (seen by {source})"
-                )
-            return
-        self.leaders[term] = leader
-        self._claim_vote(leader, term, leader, "its own leadership")
-        voters = sorted(v for (v, t), c in self.votes.items() if t == term and c == leader)
-        if len(voters) < graft_tx.quorum(self.info.size):
-            self.violations.append(
-                f"{leader} leads term {term} with votes from only {voters} (seen by {source})"
-            )
-
-    def _claim_vote(self, voter: str, term: int, candidate: str, source: str) -> None:
-        known = self.votes.setdefault((voter, term), candidate)
-        if known != candidate:
-            self.violations.append(
-                f"{voter} voted for both {known} and {candidate} in term {term} (seen in {source})"
-            )
-
-    def _claim_term(self, table: dict[str, int], node_id: str, term: int, source: str) -> None:
-        if term < table.get(node_id, 0):
-            self.violations.append(
-                f"{node_id}'s term went back from {table[node_id]} to {term} (seen in {source})"
-            )
-        else:
-            table[node_id] = term
-
     def _on_wire(self, delivery: Delivery) -> None:
+        ledger = self.ledger
         message = delivery.message
         sender = delivery.sender
-        self._claim_term(self.sent_terms, sender, message.term, f"a message it sent: {message}")
+        ledger.claim_term(self.sent_terms, sender, message.term, f"a message it sent: {message}")
         if isinstance(message, graft_tx.Heartbeat):
-            self._claim_leader(message.term, message.leader, f"heartbeat to {delivery.target}")
+            ledger.claim_leader(message.term, message.leader, f"heartbeat to {delivery.target}")
         elif isinstance(message, graft_tx.VoteRequest):
-            self._claim_vote(message.candidate, message.term, message.candidate, "vote request")
+            ledger.claim_vote(message.candidate, message.term, message.candidate, "vote request")
         elif message.granted:
-            self._claim_vote(sender, message.term, delivery.target, "granted vote on the wire")
+            ledger.claim_vote(sender, message.term, delivery.target, "granted vote on the wire")
 
     def _on_log(self, event: LogEvent) -> None:
         if event.get("log_level", LogLevel.info) >= LogLevel.error:
@@ -164,13 +134,13 @@ class Simulation:
     def sample(self) -> None:
         for node_id, node in self.nodes.items():
             term = node.current_term
-            self._claim_term(self.terms, node_id, term, "a sample")
+            self.ledger.claim_term(self.terms, node_id, term, "a sample")
             if node.current_vote:
-                self._claim_vote(node_id, term, node.current_vote, "a sample")
+                self.ledger.claim_vote(node_id, term, node.current_vote, "a sample")
             if node.state is graft_tx.State.LEADER:
-                self._claim_leader(term, node_id, "sampling the nodes")
+                self.ledger.claim_leader(term, node_id, "sampling the nodes")
             elif node.leader:
-                self._claim_leader(term, node.leader, f"{node_id}, which follows it")
+                self.ledger.claim_leader(term, node.leader, f"{node_id}, which follows it")
 
     def check(self, event: str) -> None:
         self.sample()

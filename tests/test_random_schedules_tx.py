@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ledger import Ledger
 from twisted.internet import task
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -256,13 +257,12 @@ class Simulation:
         self.clocks: dict[str, task.Clock] = {}
         self.doors: dict[str, _Pausable] = {}
         self.paused: dict[str, _Pause] = {}
-        self.leaders: dict[int, str] = {}
-        self.votes: dict[tuple[str, int], str] = {}
-        self.terms: dict[str, int] = {}
-        self.sent_terms: dict[str, int] = {}
+        self.ledger = Ledger(graft_tx.quorum(size), tags=("(a) ", "(b) "))
+        self.leaders, self.votes = self.ledger.leaders, self.ledger.votes
+        self.terms, self.sent_terms = self.ledger.terms, self.ledger.sent_terms
         self.last_heartbeat: dict[tuple[str, int], float] = {}
         self.sampled: dict[str, tuple[int, str, State, str]] = {}
-        self.violations: list[str] = []
+        self.violations = self.ledger.violations
         self.replay = REPLAY.format(seed=seed)
         self.history: list[str] = [
             f"size {size}, latency {latency}, loss {self.network.loss:.3f}, "
@@ -278,39 +278,8 @@ class Simulation:
 
     # -- recording and checking -----------------------------------------
 
-    def _claim_leader(self, term: int, leader: str, source: str) -> None:
-        known = self.leaders.get(term)
-        if known is not None:
-            if known != leader:
-                self.violations.append(
-                    f"(a) two leaders in term {term}: {known} and {leader} (seen by {source})"
-                )
-            return
-        self.leaders[term] = leader
-        self._claim_vote(leader, term, leader, "its own leadership")
-        voters = sorted(v for (v, t), c in self.votes.items() if t == term and c == leader)
-        if len(voters) < self.quorum:
-            self.violations.append(
-                f"(a) {leader} leads term {term} with votes from only {voters} (seen by {source})"
-            )
-
-    def _claim_vote(self, voter: str, term: int, candidate: str, source: str) -> None:
-        known = self.votes.setdefault((voter, term), candidate)
-        if known != candidate:
-            self.violations.append(
-                f"(b) {voter} voted for both {known} and {candidate} in term {term} "
-                f"(seen in {source})"
-            )
-
-    def _claim_term(self, table: dict[str, int], node_id: str, term: int, source: str) -> None:
-        if term < table.get(node_id, 0):
-            self.violations.append(
-                f"(b) {node_id}'s term went back from {table[node_id]} to {term} (seen in {source})"
-            )
-        else:
-            table[node_id] = term
-
     def _on_wire(self, delivery: Delivery) -> None:
+        ledger = self.ledger
         message = delivery.message
         sender = delivery.sender
         if sender in self.paused:
@@ -321,17 +290,18 @@ class Simulation:
             term -= 1
         if not (isinstance(message, VoteResponse) and message.pre_vote and message.granted):
             # (A granted pre-vote carries the asker's next term, not the voter's.)
-            self._claim_term(self.sent_terms, sender, term, f"a message it sent: {message}")
+            ledger.claim_term(self.sent_terms, sender, term, f"a message it sent: {message}")
         if isinstance(message, Heartbeat):
             self._on_heartbeat(sender, delivery.target, message)
         elif isinstance(message, VoteRequest):
             if not message.pre_vote:
-                self._claim_vote(message.candidate, message.term, message.candidate, "vote request")
+                candidate = message.candidate
+                ledger.claim_vote(candidate, message.term, candidate, "vote request")
         elif isinstance(message, VoteResponse) and message.granted and not message.pre_vote:
-            self._claim_vote(sender, message.term, delivery.target, "granted vote on the wire")
+            ledger.claim_vote(sender, message.term, delivery.target, "granted vote on the wire")
 
     def _on_heartbeat(self, sender: str, target: str, hb: Heartbeat) -> None:
-        self._claim_leader(hb.term, hb.leader, f"heartbeat to {target}")
+        self.ledger.claim_leader(hb.term, hb.leader, f"heartbeat to {target}")
         # A broadcast reaches the observer once per peer, at the same instant.
         now = self.clocks[sender].seconds()
         last = self.last_heartbeat.get((sender, hb.term))
@@ -369,13 +339,13 @@ class Simulation:
 
     def sample(self, node_id: str, node: graft_tx.Node) -> None:
         term = node.current_term
-        self._claim_term(self.terms, node_id, term, "a sample")
+        self.ledger.claim_term(self.terms, node_id, term, "a sample")
         if node.current_vote:
-            self._claim_vote(node_id, term, node.current_vote, "a sample")
+            self.ledger.claim_vote(node_id, term, node.current_vote, "a sample")
         if node.state is State.LEADER:
-            self._claim_leader(term, node_id, "sampling the nodes")
+            self.ledger.claim_leader(term, node_id, "sampling the nodes")
         elif node.leader:
-            self._claim_leader(term, node.leader, f"{node_id}, which follows it")
+            self.ledger.claim_leader(term, node.leader, f"{node_id}, which follows it")
 
     def report(self, event: str) -> str:
         states = []
