@@ -152,6 +152,8 @@ class Node:
         self._leader = ""
         self._timer: IDelayedCall | None = None
         self._timer_serial = 0
+        self._timer_action: Callable[[], None] | None = None
+        self._timer_owner = State.FOLLOWER
         self._votes: set[str] = set()
         self._anonymous_votes = 0
         self._events: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
@@ -687,6 +689,7 @@ class Node:
         """Replace the timer with one that runs C{action} unless the state changed."""
         self._disarm()
         owner = self._state
+        self._timer_action, self._timer_owner = action, owner
         # A number, not the DelayedCall itself: a closure holding its own call
         # is a reference cycle, left for the garbage collector on every reset.
         serial = self._timer_serial
@@ -701,6 +704,7 @@ class Node:
 
     def _disarm(self) -> None:
         self._timer_serial += 1
+        self._timer_action = None
         if self._timer is not None:
             if self._timer.active():
                 self._timer.cancel()
@@ -715,7 +719,19 @@ class Node:
         high = self._timing.election_timeout_max
         # A higher priority draws from the low end of the range: it campaigns first.
         spread = (high - low) / max(self._priority, 1) if self._tx else high - low
-        self._arm(low + self._rng.random() * spread, self._election_timeout)
+        delay = low + self._rng.random() * spread
+        timer = self._timer
+        if (
+            timer is not None
+            and timer.active()
+            and self._timer_action == self._election_timeout
+            and self._timer_owner is self._state
+        ):
+            # Every heartbeat resets the timer: moving it is far cheaper for
+            # the reactor than cancelling it and scheduling another.
+            timer.reset(delay)
+            return
+        self._arm(delay, self._election_timeout)
 
     # -- effects --------------------------------------------------------
 

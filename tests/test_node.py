@@ -824,6 +824,23 @@ def test_heartbeat_sets_leader_and_resets_timer(tmp_path: Path) -> None:
     assert h.changes() == []
 
 
+def test_heartbeats_move_one_election_timer(tmp_path: Path) -> None:
+    """Each heartbeat moves the follower's one election timer rather than scheduling a new
+    one, and the timer still fires a full timeout after the last heartbeat."""
+    h = start(tmp_path)
+    h.node.handle_heartbeat(Heartbeat(0, "L"))
+    [timer] = h.clock.getDelayedCalls()
+    for _ in range(100):
+        h.clock.advance(0.5)
+        h.node.handle_heartbeat(Heartbeat(0, "L"))
+        assert h.clock.getDelayedCalls() == [timer]
+    h.clock.advance(FIXED.election_timeout_min - 0.01)
+    assert h.node.state is F
+    h.clock.advance(0.02)
+    assert h.node.state is not F
+    assert not timer.active()
+
+
 def test_timers_leave_no_garbage_cycles(tmp_path: Path) -> None:
     """Fired timers (a leader's heartbeats) are freed at once, not left in reference
     cycles for the garbage collector (with thousands of nodes, those cost most of a core)."""
