@@ -167,11 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{describe_trial(result)}",
                         flush=True,
                     )
-                took = time.monotonic() - case_started
-                print(
-                    f"  {case.name}: {took:.0f} s, {took / max(1, len(case.trials)):.1f} s a trial",
-                    flush=True,
-                )
+                harness.case_done(case.name, case_started, len(case.trials))
     except KeyboardInterrupt:
         # Every node is stopped by now; keep what was measured.
         interrupted = True

@@ -203,6 +203,12 @@ def header(title: str, info: dict[str, Any], settings: Settings) -> str:
     return "\n".join(lines)
 
 
+def case_done(name: str, started: float, trials: int) -> None:
+    """Print how long a case took, in all and a trial (C{started}: time.monotonic())."""
+    took = time.monotonic() - started
+    print(f"  {name}: {took:.0f} s, {took / max(1, trials):.1f} s a trial", flush=True)
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
