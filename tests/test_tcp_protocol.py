@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 from twisted.logger import LogEvent, Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -44,7 +45,7 @@ from graft_tx.transport.lines import (
     load,
     new_nonce,
 )
-from graft_tx.transport.tcp import CLIENT, SERVER, PeerProtocol
+from graft_tx.transport.tcp import CLIENT, SERVER, PeerProtocol, _Outbound
 
 SECRET = b"the cluster secret"
 MAX_TERM = 2**64 - 1
@@ -1495,3 +1496,47 @@ def test_unparsable_endpoints_are_config_errors_at_init(listen: str, peers: list
     rpc = TcpRpc(listen, peers, reactor=MemoryReactorClock())
     with pytest.raises(TcpConfigError, match="bogus"):
         rpc.init(RecordingNode("a", size=3))
+
+
+class _RecordingService:
+    """The part of a ClientService that _Outbound.retry_now uses, recording restarts."""
+
+    def __init__(self) -> None:
+        self.running = True
+        self.restarts = 0
+
+    def stopService(self) -> None:
+        self.running = False
+
+    def startService(self) -> None:
+        self.running = True
+        self.restarts += 1
+
+
+def test_a_peer_heard_again_cuts_short_only_a_waiting_connector_that_may_reach_it() -> None:
+    """retry_now restarts a connector only while it waits out a backoff, and only if it may
+    be the peer just heard; a connect in flight, or another peer's connector, is left alone
+    (restarting those on every inbound handshake was a storm of connects in big clusters)."""
+    clock = Clock()
+    outbound = _Outbound(lambda attempt: 1.0, clock)
+    service = _RecordingService()
+    outbound.service = service  # type: ignore[assignment]
+
+    outbound.retry_now("b")  # never failed: connecting, not waiting
+    assert service.restarts == 0
+    assert outbound.delay(1) == 1.0  # a failed attempt: the retry is due in 1 s
+    outbound.retry_now("b")  # unknown endpoint, waiting: may be b
+    assert service.restarts == 1
+    outbound.retry_now("b")  # now connecting again
+    assert service.restarts == 1
+
+    outbound.peer_id = "b"
+    outbound.delay(2)
+    outbound.retry_now("c")  # known to be b's endpoint
+    assert service.restarts == 1
+    clock.advance(1.0)  # the retry is due: it is connecting
+    outbound.retry_now("b")
+    assert service.restarts == 1
+    outbound.delay(3)
+    outbound.retry_now("b")
+    assert service.restarts == 2

@@ -20,7 +20,7 @@ from .conftest import ChaosReport, rounds
 AGREE_WITHIN = 30.0
 
 
-def wait_for_agreement(cluster: LocalCluster, report: ChaosReport, since: float) -> str:
+def agree_after_fault(cluster: LocalCluster, report: ChaosReport, since: float) -> str:
     leader = cluster.wait_for_leader(AGREE_WITHIN, expect_live=cluster.size)
     report.leaderless(time.monotonic() - since)
     return leader
@@ -49,7 +49,7 @@ def test_nats_server_restarted_during_elections(
         time.sleep(rng.uniform(0.1, 1.0))
         server.start()
         cluster.node(leader).start()
-        leader = wait_for_agreement(cluster, chaos_report, fault_at)
+        leader = agree_after_fault(cluster, chaos_report, fault_at)
         chaos_report.rounds += 1
     chaos_report.leader_changes = len(check_event_logs(chaos_report, cluster.events())) - 1
 
