@@ -19,7 +19,7 @@ import trustme
 from conftest import LoggedErrors
 from google.protobuf.message import DecodeError
 from natsserver import NatsServer, cluster_args, free_port
-from realtime import sleep, wait_until
+from realtime import reactor, sleep, sole_leader, wait_until
 from twisted.internet import threads
 from twisted.internet.defer import CancelledError, DeferredList, gatherResults
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
@@ -55,12 +55,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # -- helpers ------------------------------------------------------------
 
 
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
-
-
 def make_node(
     tmp_path: Path,
     cluster: str,
@@ -83,25 +77,6 @@ def rpc_of(node: Node) -> NatsRpc:
     rpc = node._rpc
     assert isinstance(rpc, NatsRpc)
     return rpc
-
-
-def sole_leader(nodes: Iterable[Node]) -> Node | None:
-    """The leader, if exactly one node leads and every other follows it in its term."""
-    nodes = list(nodes)
-    leaders = [n for n in nodes if n.state is State.LEADER]
-    if len(leaders) != 1:
-        return None
-    leader = leaders[0]
-    for node in nodes:
-        if node is leader:
-            continue
-        if (
-            node.state is not State.FOLLOWER
-            or node.leader != leader.id
-            or node.current_term != leader.current_term
-        ):
-            return None
-    return leader
 
 
 async def elect(nodes: list[Node], timeout: float = 10.0, what: str = "one leader") -> Node:
@@ -129,7 +104,7 @@ def snapshot(nodes: Iterable[Node]) -> dict[str, tuple[State, int, str, str]]:
 
 
 def pending_tasks() -> set[asyncio.Task[Any]]:
-    return set(asyncio.all_tasks(_reactor()._asyncioEventloop))
+    return set(asyncio.all_tasks(reactor()._asyncioEventloop))
 
 
 def is_nats_task(task: asyncio.Task[Any]) -> bool:
@@ -197,8 +172,8 @@ async def test_five_nodes_elect_one_leader(nats_server: NatsServer, tmp_path: Pa
         assert sum(n.state is State.FOLLOWER for n in nodes) == 4
 
         # The leader holds for a further second: same leader, same term, everywhere.
-        start = _reactor().seconds()
-        while _reactor().seconds() - start < 1.0:
+        start = reactor().seconds()
+        while reactor().seconds() - start < 1.0:
             assert sole_leader(nodes) is leader
             assert {n.current_term for n in nodes} == {term}
             await sleep(0.02)
@@ -282,13 +257,13 @@ async def test_server_killed_and_restarted(nats_server: NatsServer, tmp_path: Pa
         assert sum(rpc.dropped_outgoing for rpc in rpcs) > sum(dropped)
 
         nats_server.start()
-        restarted = _reactor().seconds()
+        restarted = reactor().seconds()
         await wait_until(lambda: all(d.called for d in reconnected), 10, "every node reconnected")
         await gatherResults(reconnected)
-        reconnect_time = _reactor().seconds() - restarted
+        reconnect_time = reactor().seconds() - restarted
         assert all(rpc.connection and rpc.connection.is_connected for rpc in rpcs)
         await elect(nodes, timeout=15, what="one leader after the restart")
-        recovery = _reactor().seconds() - restarted
+        recovery = reactor().seconds() - restarted
         print(f"\nreconnected {reconnect_time:.2f}s, one leader {recovery:.2f}s after restart")
         assert recovery < DEFAULT_RECONNECT_WAIT + 1.0 + 5 * FAST.election_timeout_max
     finally:
@@ -328,7 +303,7 @@ async def test_nats_cluster_failover(make_nats_server: ServerFactory, tmp_path: 
         term = leader.current_term
 
         victim.kill()
-        killed = _reactor().seconds()
+        killed = reactor().seconds()
         await wait_until(
             lambda: (
                 leader_rpc.connection is not None
@@ -342,7 +317,7 @@ async def test_nats_cluster_failover(make_nats_server: ServerFactory, tmp_path: 
         assert all(rpc.connection and rpc.connection.connected_url != victim_url for rpc in rpcs)
         again = await elect(nodes, timeout=15, what="one leader after losing a server")
         assert again.current_term >= term
-        print(f"\nfailover: one leader {_reactor().seconds() - killed:.2f}s after the kill")
+        print(f"\nfailover: one leader {reactor().seconds() - killed:.2f}s after the kill")
 
         # The two other nodes sit on the two surviving servers: they elect across the route.
         await leader.close()
@@ -673,10 +648,10 @@ async def test_node_started_before_its_server(
         assert all(n.state is not State.LEADER for n in nodes)
 
         server.start()
-        started = _reactor().seconds()
+        started = reactor().seconds()
         await all_connected(rpcs)
         await elect(nodes)
-        print(f"\none leader {_reactor().seconds() - started:.2f}s after the server started")
+        print(f"\none leader {reactor().seconds() - started:.2f}s after the server started")
     finally:
         await close_all(nodes)
 
@@ -706,15 +681,15 @@ def test_subject_breaking_names_refused(
     tmp_path: Path, cluster: str, node_id: str, error: type[Exception]
 ) -> None:
     """Names and ids that would break a subject are refused at creation, leaving nothing running."""
-    reactor = _reactor()
-    calls = set(reactor.getDelayedCalls())
+    installed = reactor()
+    calls = set(installed.getDelayedCalls())
     tasks = pending_tasks()
     rpc = NatsRpc("nats://127.0.0.1:4222")
     with pytest.raises(error):
         graft_tx.new(
             ClusterInfo(cluster, 3), QueueHandler(), rpc, str(tmp_path / "state"), node_id=node_id
         )
-    assert set(reactor.getDelayedCalls()) - calls == set()
+    assert set(installed.getDelayedCalls()) - calls == set()
     assert pending_tasks() - tasks == set()
     assert rpc.connection is None
 
@@ -783,7 +758,7 @@ async def test_user_and_password(
             nodes.append(make_node(tmp_path, "outsiders", 3, give_up, "g"))
             wrong_waiting = wrong.when_connected()
             give_up_waiting = give_up.when_connected()
-            started = _reactor().seconds()
+            started = reactor().seconds()
             members = [
                 make_node(
                     tmp_path, "members", 3, NatsRpc(server.url, user="u", password="p"), f"m{i}"
@@ -801,7 +776,7 @@ async def test_user_and_password(
             assert len(logged_errors) == 1
             assert "gave up connecting" in logged_errors.messages()[0]
 
-            await sleep(max(0.0, started + 1.5 - _reactor().seconds()))
+            await sleep(max(0.0, started + 1.5 - reactor().seconds()))
             assert not wrong_waiting.called
             assert wrong.connection is None
             assert wrong.dropped_outgoing > 0
@@ -822,14 +797,14 @@ async def test_token(make_nats_server: ServerFactory, tmp_path: Path) -> None:
     try:
         wrong = NatsRpc(server.url, token="guess", reconnect_wait=0.2)
         nodes.append(make_node(tmp_path, "outsiders", 3, wrong, "w"))
-        started = _reactor().seconds()
+        started = reactor().seconds()
         members = [
             make_node(tmp_path, "members", 3, NatsRpc(server.url, token="s3cret"), f"m{i}")
             for i in range(3)
         ]
         nodes += members
         await elect(members)
-        await sleep(max(0.0, started + 1.0 - _reactor().seconds()))
+        await sleep(max(0.0, started + 1.0 - reactor().seconds()))
         assert wrong.connection is None
     finally:
         await close_all(nodes)
@@ -865,7 +840,7 @@ async def test_tls(make_nats_server: ServerFactory, tmp_path: Path, certs: dict[
         # Without tls_ca the system's CAs are used, and they do not know ours.
         untrusting = NatsRpc(url, reconnect_wait=0.2)
         nodes.append(make_node(tmp_path, "outsiders", 3, untrusting, "u"))
-        started = _reactor().seconds()
+        started = reactor().seconds()
         members = [
             make_node(tmp_path, "tls", 3, NatsRpc(url, tls_ca=certs["ca"]), f"t{i}")
             for i in range(3)
@@ -874,7 +849,7 @@ async def test_tls(make_nats_server: ServerFactory, tmp_path: Path, certs: dict[
         await all_connected(rpc_of(n) for n in members)
         assert all(rpc_of(n).connection.connected_url == url for n in members)  # type: ignore[union-attr]
         await elect(members)
-        await sleep(max(0.0, started + 1.0 - _reactor().seconds()))
+        await sleep(max(0.0, started + 1.0 - reactor().seconds()))
         assert untrusting.connection is None
     finally:
         await close_all(nodes)
@@ -899,7 +874,7 @@ async def test_mutual_tls(
     try:
         anonymous = NatsRpc(url, tls_ca=certs["ca"], reconnect_wait=0.2)
         nodes.append(make_node(tmp_path, "outsiders", 3, anonymous, "anon"))
-        started = _reactor().seconds()
+        started = reactor().seconds()
         members = [
             make_node(
                 tmp_path,
@@ -914,7 +889,7 @@ async def test_mutual_tls(
         ]
         nodes += members
         await elect(members)
-        await sleep(max(0.0, started + 1.0 - _reactor().seconds()))
+        await sleep(max(0.0, started + 1.0 - reactor().seconds()))
         assert anonymous.connection is None
     finally:
         await close_all(nodes)

@@ -12,7 +12,7 @@ import pytest
 import pytest_twisted
 import trustme
 from natsserver import free_port
-from realtime import sleep, wait_until
+from realtime import reactor, sleep, sole_leader, wait_until
 from twisted.internet.defer import Deferred, DeferredList, DeferredQueue
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
@@ -46,14 +46,8 @@ SLOW = Timing(30.0, 60.0, 1.0)
 HUGE_TERM = 10**9
 
 
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
-
-
 def now() -> float:
-    return float(_reactor().seconds())
+    return float(reactor().seconds())
 
 
 def tcp_listen(port: int) -> str:
@@ -144,23 +138,6 @@ class Cluster:
 
 async def close_all(nodes: Iterable[Node]) -> None:
     await DeferredList([node.close() for node in nodes])
-
-
-def sole_leader(nodes: Iterable[Node]) -> Node | None:
-    """The leader, if exactly one node leads and every other follows it in its term."""
-    nodes = list(nodes)
-    leaders = [n for n in nodes if n.state is State.LEADER]
-    if len(leaders) != 1:
-        return None
-    leader = leaders[0]
-    for node in nodes:
-        if node is not leader and (
-            node.state is not State.FOLLOWER
-            or node.leader != leader.id
-            or node.current_term != leader.current_term
-        ):
-            return None
-    return leader
 
 
 async def elect(nodes: Iterable[Node], timeout: float = 10.0, what: str = "one leader") -> Node:
@@ -256,7 +233,7 @@ class RawPeer(LineOnlyReceiver):
 
     async def next_line(self, timeout: float = 5.0) -> bytes:
         waiting = self.lines.get()
-        waiting.addTimeout(timeout, _reactor())
+        waiting.addTimeout(timeout, reactor())
         line: bytes = await waiting
         return line
 
@@ -279,7 +256,7 @@ class RawPeer(LineOnlyReceiver):
 
 
 async def connect_raw(port: int) -> RawPeer:
-    endpoint = TCP4ClientEndpoint(_reactor(), "127.0.0.1", port, timeout=5)
+    endpoint = TCP4ClientEndpoint(reactor(), "127.0.0.1", port, timeout=5)
     peer: RawPeer = await connectProtocol(endpoint, RawPeer())
     return peer
 
@@ -357,7 +334,7 @@ async def listen_counting(port: int) -> tuple[list[int], IListeningPort]:
         def connectionMade(self) -> None:
             made.append(1)
 
-    endpoint = TCP4ServerEndpoint(_reactor(), port, interface="127.0.0.1")
+    endpoint = TCP4ServerEndpoint(reactor(), port, interface="127.0.0.1")
     listening: IListeningPort = await endpoint.listen(Factory.forProtocol(Counted))
     return made, listening
 
@@ -1056,7 +1033,7 @@ async def test_configuration_errors(tmp_path: Path) -> None:
     # None of those left a listener behind.
     assert await refuses_connections(port)
 
-    busy = await TCP4ServerEndpoint(_reactor(), port, interface="127.0.0.1").listen(
+    busy = await TCP4ServerEndpoint(reactor(), port, interface="127.0.0.1").listen(
         Factory.forProtocol(Protocol)
     )
     try:
@@ -1169,7 +1146,7 @@ async def test_close_during_an_outgoing_handshake_closes_it(tmp_path: Path) -> N
     """close() also ends an outgoing connection still in its handshake, and nothing revives it."""
     port, peer_port = free_port(), free_port()
     accepted: list[Silent] = []
-    listening = await TCP4ServerEndpoint(_reactor(), peer_port, interface="127.0.0.1").listen(
+    listening = await TCP4ServerEndpoint(reactor(), peer_port, interface="127.0.0.1").listen(
         Factory.forProtocol(lambda: Silent(accepted))
     )
     rpc = TcpRpc(tcp_listen(port), [tcp_peer(peer_port)])

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+import realtime
 from google.protobuf.message import Message as ProtobufMessage
 from natsserver import NatsServer, free_port
-from realtime import sleep, wait_until
+from realtime import reactor, sleep, wait_until
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 
@@ -50,12 +51,6 @@ TIMING = Timing(0.5, 1.0, 0.05)
 # A hand-over must take far less than an election timeout.
 TRANSFER_BOUND = 0.5 * TIMING.election_timeout_min
 TX_WIRE = "graft-tx/1"
-
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
 
 
 # -- services -------------------------------------------------------------
@@ -124,26 +119,16 @@ async def stop_all(services: Iterable[GraftService]) -> None:
     await DeferredList([s.stopService() for s in running])
 
 
-def sole_leader(services: Iterable[GraftService]) -> Node | None:
-    """The node that leads (with its lease in graft-tx mode), if every other follows it."""
-    nodes = [node_of(s) for s in services if s.running]
-    leaders = [n for n in nodes if n.is_leader()]
-    if len(leaders) != 1:
-        return None
-    leader = leaders[0]
-    for node in nodes:
-        if node is not leader and (
-            node.state is not State.FOLLOWER
-            or node.leader != leader.id
-            or node.current_term != leader.current_term
-        ):
-            return None
-    return leader
+def running_leader(services: Iterable[GraftService]) -> Node | None:
+    """The running node that leads (with its lease in graft-tx mode), if every other follows it."""
+    return realtime.sole_leader(
+        [node_of(s) for s in services if s.running], leads=lambda n: n.is_leader()
+    )
 
 
 async def elect(services: list[GraftService], timeout: float = 10.0) -> Node:
-    await wait_until(lambda: sole_leader(services) is not None, timeout, "one leader")
-    leader = sole_leader(services)
+    await wait_until(lambda: running_leader(services) is not None, timeout, "one leader")
+    leader = running_leader(services)
     assert leader is not None
     return leader
 
@@ -164,7 +149,7 @@ async def stop_leader_and_measure(services: list[GraftService], transport: str) 
     first: Deferred[tuple[int, int]] = DeferredList(
         waiters, fireOnOneCallback=True, fireOnOneErrback=True, consumeErrors=True
     )  # type: ignore[assignment]
-    first.addTimeout(5.0, _reactor())
+    first.addTimeout(5.0, reactor())
     try:
         start = time.monotonic()
         stopping = stopped.stopService()
@@ -189,10 +174,10 @@ async def stop_leader_and_measure(services: list[GraftService], transport: str) 
     assert Path(leader.log_path).exists()
     assert (saved.term, saved.voted_for) == (new.current_term, new.id)
 
-    await wait_until(lambda: sole_leader(services) is new, 2.0, "the other node to follow")
+    await wait_until(lambda: running_leader(services) is new, 2.0, "the other node to follow")
     # Longer than a lease: it is renewed by the one remaining follower.
     await sleep(TIMING.election_timeout_min)
-    assert sole_leader(services) is new
+    assert running_leader(services) is new
     assert new.current_term == new_term
     return took
 
