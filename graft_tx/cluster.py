@@ -73,7 +73,9 @@ class Timing:
     Each follower waits a random time in [min, max) without hearing from a
     leader before it campaigns; a leader sends a heartbeat every
     C{heartbeat_interval}. The heartbeat must stay below half the minimum
-    election timeout, or one lost heartbeat would start an election.
+    election timeout, or one lost heartbeat would start an election, and the
+    range must be at least a heartbeat interval wide, or nodes that start
+    together split their votes again and again.
     """
 
     election_timeout_min: float = 0.5
@@ -87,6 +89,14 @@ class Timing:
         if low > high:
             raise TimingError(
                 f"election_timeout_min ({low}s) must not exceed election_timeout_max ({high}s)"
+            )
+        if high < low + beat:
+            # Equal timeouts make nodes that start together split their votes
+            # round after round: the spread is what breaks the tie.
+            raise TimingError(
+                f"election_timeout_max ({high}s) must exceed election_timeout_min ({low}s) "
+                f"by at least heartbeat_interval ({beat}s), so that nodes draw different "
+                "timeouts"
             )
         if beat >= low / 2:
             raise TimingError(

@@ -8,6 +8,11 @@ acknowledged heartbeat k, so none can be elected before t + the minimum
 election timeout, and the leader may consider itself the only leader until
 then. The lease keeps a margin (L{DRIFT}) for clocks that run at slightly
 different rates on different machines.
+
+Nodes may run different timings: each acknowledgement carries the
+follower's own promise (its minimum election timeout), and a follower counts
+for no longer than it promised, nor longer than the leader's own minimum.
+Each follower id counts once, with its newest acknowledgement.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class Lease:
         self._quorum = quorum
         self._sent: dict[int, float] = {}
         self.acked: dict[str, int] = {}
+        self._promises: dict[str, float] = {}
         self.ack_times: dict[str, float] = {}
         self.priorities: dict[str, int] = {}
         self.seq = 0
@@ -43,24 +49,33 @@ class Lease:
             self.expiry = now + self.duration
         return self.seq
 
-    def ack(self, follower: str, seq: int, priority: int, now: float) -> bool:
-        """Record an acknowledgement; whether the lease grew."""
+    def ack(self, follower: str, seq: int, priority: int, now: float, window: float = 0.0) -> bool:
+        """Record an acknowledgement; whether the lease grew.
+
+        C{window}: the follower's promise in seconds (0: unknown, take ours).
+        """
         if seq > self.seq or seq <= self.acked.get(follower, 0):
             return False
         self.acked[follower] = seq
+        promise = self.duration if window <= 0 else min(self.duration, window * (1 - DRIFT))
+        self._promises[follower] = promise
         last = self.ack_times.get(follower)
         if last is None or now - last > self._gap:
             self.steady_since[follower] = now
         self.ack_times[follower] = now
         self.priorities[follower] = priority
         needed = self._quorum - 1
-        seqs = sorted(self.acked.values(), reverse=True)
-        if needed <= 0 or len(seqs) < needed:
+        if needed <= 0:
             return False
-        sent = self._sent.get(seqs[needed - 1])
-        if sent is None:
+        # Each follower refuses other candidates until its promise, counted
+        # from the send time of the newest heartbeat it acknowledged.
+        ends = sorted(
+            (self._sent[s] + self._promises[f] for f, s in self.acked.items() if s in self._sent),
+            reverse=True,
+        )
+        if len(ends) < needed:
             return False
-        expiry = sent + self.duration
+        expiry = ends[needed - 1]
         if self.expiry is not None and expiry <= self.expiry:
             return False
         self.expiry = expiry

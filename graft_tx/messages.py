@@ -114,13 +114,17 @@ class HeartbeatAck:
     """graft_tx only: a follower acknowledges heartbeat C{seq} of C{term}.
 
     A leader whose heartbeats a quorum acknowledges holds a lease; one that
-    hears no quorum steps down. C{priority} is the follower's.
+    hears no quorum steps down. C{priority} is the follower's. C{window_us}
+    is the follower's promise: for that many microseconds after it got the
+    heartbeat it votes for nobody else (its minimum election timeout); 0
+    when not sent, and the leader then assumes its own.
     """
 
     term: int
     follower: str
     seq: int
     priority: int = 1
+    window_us: int = 0
 
     def __post_init__(self) -> None:
         _check_term(self.term)
@@ -130,3 +134,4 @@ class HeartbeatAck:
             raise MessageError(f"priority must be an int, not {self.priority!r}")
         if not 0 <= self.priority <= MAX_PRIORITY:
             raise MessageError(f"priority must be between 0 and {MAX_PRIORITY}")
+        _check_term(self.window_us)

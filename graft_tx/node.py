@@ -9,10 +9,10 @@ act (graft's classic race).
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import secrets
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from graft_tx.clocks import steady_clock
 from graft_tx.cluster import ClusterInfo, State, StateChangeDetail, Timing, quorum
 from graft_tx.errors import (
     ClusterNameError,
@@ -50,13 +51,24 @@ from graft_tx.interfaces import (
 from graft_tx.lease import Lease
 from graft_tx.messages import (
     MAX_PRIORITY,
+    MAX_TERM,
     Heartbeat,
     HeartbeatAck,
     VoteRequest,
     VoteResponse,
     check_id,
 )
+from graft_tx.ratelimit import RateLimitedLog
 from graft_tx.statefile import PersistentState, StateFile
+
+# A message whose term is further than this above the receiver's is dropped:
+# no honest cluster holds four billion elections while one node looks away,
+# and so no single message can use up the 64-bit terms (see README).
+TERM_JUMP = 2**32
+# A leader waits this many maximum election timeouts before it hands over to
+# the same higher-priority follower again, doubling each time up to 64 times.
+HANDOVER_BACKOFF = 10
+HANDOVER_BACKOFF_MAX = 64
 
 
 @dataclass
@@ -112,6 +124,21 @@ class _Transfer:
     target: str
     term: int
     timer: IDelayedCall
+    # The hand-over heartbeat goes out again every heartbeat interval, for
+    # as long as the old lease would have lasted: one lost copy must not cost
+    # a full election. Monotonic times of the first and the latest copy.
+    started: float
+    sent: float
+    repeat: IDelayedCall | None = None
+
+
+@dataclass
+class _Backoff:
+    """When this node may next hand over to a higher-priority follower, and
+    how long it waits after that."""
+
+    not_before: float
+    delay: float
 
 
 @implementer(IElectionNode)
@@ -168,10 +195,22 @@ class Node:
         self._priority = priority
         self._monotonic = monotonic if monotonic is not None else clock.seconds
         self._started_at = self._monotonic()
+        # The promise a follower makes with each acknowledgement: no vote for
+        # anyone else for this long after it heard the leader.
+        self._window = timing.election_timeout_min
+        self._window_us = int(self._window * 1e6)
+        # An id the state file did not record is a new identity: a restart
+        # that lost its file, or one under another id. Its old self's acks
+        # may still count in a leader's lease, so it acks nothing until
+        # those have run out, or one process would count twice.
+        self._acks_from = self._started_at + self._window if saved.node_id != node_id else -1.0
         self._last_contact: float | None = None
+        self._leader_since = self._started_at
         self._lease: Lease | None = None
         self._pre_votes: set[str] | None = None
         self._transfer: _Transfer | None = None
+        self._backoffs: dict[str, _Backoff] = {}
+        self._odd = RateLimitedLog(self.log, clock)
         self._leader_waiters: list[Deferred[int]] = []
         self._not_leader_waiters: list[Deferred[None]] = []
 
@@ -272,8 +311,8 @@ class Node:
         """
         if not self._tx:
             return fail(TransferError("leadership transfer needs protocol='graft-tx'"))
-        if self._state is not State.LEADER or self._lease is None:
-            return fail(TransferError(f"node {self._id} is not the leader"))
+        if not self.is_leader() or self._lease is None:
+            return fail(TransferError(f"node {self._id} is not the leader (with a lease)"))
         lease = self._lease
         if target_id is None:
             target_id = lease.best_follower()
@@ -284,6 +323,8 @@ class Node:
         if lease.priorities.get(target_id, 1) == 0:
             return fail(TransferError(f"{target_id!r} has priority 0 and never leads"))
         done: Deferred[str] = Deferred()
+        # A transfer still pending from an earlier term has failed: we lead again.
+        self._end_transfer(None, f"node {self._id} leads again in term {self._term}")
         seq = lease.next_heartbeat(self._monotonic())
         self._send(self._rpc.heartbeat, Heartbeat(self._term, self._id, seq, target_id))
         self.log.info(
@@ -294,31 +335,62 @@ class Node:
             term=self._term,
         )
         timer = self._clock.callLater(self._timing.election_timeout_max, self._transfer_timed_out)
-        self._transfer = _Transfer(done, target_id, self._term, timer)
+        now = self._monotonic()
+        self._transfer = _Transfer(done, target_id, self._term, timer, now, now)
         self._leader = ""
         self._set_state(State.FOLLOWER)
         self._reset_election_timer()
+        self._repeat_handover()
         return done
+
+    def _repeat_handover(self) -> None:
+        transfer = self._transfer
+        if transfer is not None:
+            transfer.repeat = self._clock.callLater(
+                self._timing.heartbeat_interval, self._send_handover, transfer
+            )
+
+    def _send_handover(self, transfer: _Transfer) -> None:
+        transfer.repeat = None
+        now = self._monotonic()
+        if (
+            self._transfer is not transfer
+            # A newer term: the target campaigned (its heartbeat ends the transfer).
+            or self._term != transfer.term
+            or self._leader
+            # Followers take each copy for a live leader: never past the old
+            # lease, and never after a pause, which a leader would not survive.
+            or now - transfer.started >= self._window
+            or now - transfer.sent > 2 * self._timing.heartbeat_interval
+        ):
+            return
+        transfer.sent = now
+        self._send(self._rpc.heartbeat, Heartbeat(self._term, self._id, 0, transfer.target))
+        self._repeat_handover()
 
     def step_down(self) -> Deferred[str]:
         """L{transfer_leadership} to whichever follower is best placed."""
         return self.transfer_leadership()
 
     def _transfer_timed_out(self) -> None:
-        transfer, self._transfer = self._transfer, None
+        transfer = self._transfer
         if transfer is not None:
-            transfer.done.errback(
-                TransferError(
-                    f"{transfer.target} did not take over within "
-                    f"{self._timing.election_timeout_max}s"
-                )
+            self._end_transfer(
+                None,
+                f"{transfer.target} did not take over within {self._timing.election_timeout_max}s",
             )
 
-    def _end_transfer(self, leader: str) -> None:
+    def _end_transfer(self, leader: str | None, error: str = "") -> None:
+        """Fire the pending transfer with the new C{leader}, or fail it with C{error}."""
         transfer, self._transfer = self._transfer, None
-        if transfer is not None:
-            if transfer.timer.active():
-                transfer.timer.cancel()
+        if transfer is None:
+            return
+        for call in (transfer.timer, transfer.repeat):
+            if call is not None and call.active():
+                call.cancel()
+        if leader is None:
+            transfer.done.errback(TransferError(error))
+        else:
             transfer.done.callback(leader)
 
     def stats(self) -> NodeStats:
@@ -352,10 +424,7 @@ class Node:
             self._state = State.CLOSED
             self._votes.clear()
             self._lease = None
-            transfer, self._transfer = self._transfer, None
-            if transfer is not None:
-                transfer.timer.cancel()
-                transfer.done.errback(TransferError(f"node {self._id} closed"))
+            self._end_transfer(None, f"node {self._id} closed")
             if was_leader:
                 self._release_not_leader()
             self.log.info("node {node} of {cluster} closed", node=self._id, cluster=self._info.name)
@@ -382,17 +451,36 @@ class Node:
 
     # -- inbound messages ----------------------------------------------
 
+    def _admit(self, term: int, sender: str, kind: str) -> bool:
+        """Whether a message of C{term} from C{sender} is worth reading."""
+        if self._state is State.CLOSED or sender == self._id:
+            return False
+        if term - self._term > TERM_JUMP:
+            self._odd.warn(
+                "node {node} dropped a {kind} from {sender} of term {term}, more than "
+                "2**32 above its own term {own}",
+                node=self._id,
+                kind=kind,
+                sender=sender,
+                term=term,
+                own=self._term,
+            )
+            return False
+        return True
+
     def handle_vote_request(self, req: VoteRequest) -> None:
-        if self._state is State.CLOSED or req.candidate == self._id:
+        if not self._admit(req.term, req.candidate, "vote request"):
             return
         if self._tx:
             if req.pre_vote:
                 self._answer_pre_vote(req)
                 return
-            if not req.transfer and self._hears_leader():
-                # While a live leader is heard, a vote request changes nothing,
-                # not even the term (RAFT thesis 4.2.3): a node back from a
-                # partition cannot depose a healthy leader.
+            # While a live leader is heard (or just after a start, when this
+            # node may have acknowledged one before), a vote request changes
+            # nothing, not even the term (RAFT thesis 4.2.3): a node back from
+            # a partition cannot depose a healthy leader. A transfer's request
+            # passes once the start window is over: the leader sent it.
+            if self._in_start_window() or (not req.transfer and self._hears_leader()):
                 resp = VoteResponse(self._term, False, self._id)
                 self._send(self._rpc.send_vote_response, req.candidate, resp)
                 return
@@ -404,7 +492,7 @@ class Node:
         )
 
     def handle_vote_response(self, resp: VoteResponse) -> None:
-        if self._state is State.CLOSED:
+        if not self._admit(resp.term, resp.voter, "vote response"):
             return
         if resp.pre_vote:
             if resp.granted:
@@ -426,23 +514,24 @@ class Node:
             self._become_leader()
 
     def handle_heartbeat(self, hb: Heartbeat) -> None:
-        if self._state is State.CLOSED or hb.leader == self._id:
+        if not self._admit(hb.term, hb.leader, "heartbeat"):
             return
         if hb.term < self._term:
             if self._tx:
                 # Tell the stale leader our term. Stickiness keeps it from
                 # learning it from our vote requests, and a quorum acking it
                 # would keep it leading while we ignore it forever.
-                ack = HeartbeatAck(self._term, self._id, hb.seq, self._priority)
-                self._send(cast(IAckingRpc, self._rpc).send_heartbeat_ack, hb.leader, ack)
+                self._ack(hb.leader, hb.seq)
             return
         if hb.term > self._term:
             self._step_down(hb.term, leader=hb.leader)
-        elif self._state is State.LEADER:
-            self.log.error(
-                "node {node} leads term {term} of {cluster} but got a heartbeat from {other} "
-                "in the same term",
+        elif self._state is State.LEADER or self._leader not in ("", hb.leader):
+            # One leader per term: a second one is a stranger or a bug.
+            self._odd.warn(
+                "node {node} follows {leader} in term {term} of {cluster} but got a heartbeat "
+                "from {other} in the same term; ignored",
                 node=self._id,
+                leader=self._leader,
                 term=self._term,
                 cluster=self._info.name,
                 other=hb.leader,
@@ -458,17 +547,26 @@ class Node:
         self._reset_election_timer()
         if not self._tx:
             return
-        self._last_contact = self._monotonic()
+        now = self._monotonic()
+        self._last_contact = now
         self._pre_votes = None
         if self._transfer is not None and hb.term > self._transfer.term:
             self._end_transfer(hb.leader)
-        ack = HeartbeatAck(self._term, self._id, hb.seq, self._priority)
-        self._send(cast(IAckingRpc, self._rpc).send_heartbeat_ack, hb.leader, ack)
+        backoff = self._backoffs.get(hb.leader)
+        if backoff is not None and now - self._leader_since >= backoff.delay:
+            # It held leadership all this while: hand over to it freely again.
+            del self._backoffs[hb.leader]
+        if now >= self._acks_from:
+            self._ack(hb.leader, hb.seq)
         if hb.transfer_to == self._id and self._priority > 0:
             self._campaign(transfer=True)
 
+    def _ack(self, leader: str, seq: int) -> None:
+        ack = HeartbeatAck(self._term, self._id, seq, self._priority, self._window_us)
+        self._send(cast(IAckingRpc, self._rpc).send_heartbeat_ack, leader, ack)
+
     def handle_heartbeat_ack(self, ack: HeartbeatAck) -> None:
-        if self._state is State.CLOSED or not self._tx:
+        if not self._tx or not self._admit(ack.term, ack.follower, "heartbeat ack"):
             return
         if ack.term > self._term:
             self._step_down(ack.term)
@@ -478,22 +576,33 @@ class Node:
             return
         now = self._monotonic()
         held = lease.holds(now)
-        if lease.ack(ack.follower, ack.seq, ack.priority, now) and not held:
+        if lease.ack(ack.follower, ack.seq, ack.priority, now, ack.window_us / 1e6) and not held:
             self._release_leader()
 
     # -- the algorithm --------------------------------------------------
+    #
+    # Every safety decision reads the monotonic clock: the reactor's clock
+    # (wall time, which steps) only schedules, and a timer that fires early
+    # checks again before it acts.
+
+    def _in_start_window(self) -> bool:
+        """Whether this node started less than a minimum election timeout ago:
+        it may have acknowledged a leader just before a restart."""
+        return self._monotonic() - self._started_at < self._window
+
+    def _quiet_until(self) -> float:
+        """Until when this node grants no vote and campaigns not: its promise
+        to the last leader it heard, and its start window."""
+        contact = self._last_contact if self._last_contact is not None else -math.inf
+        return max(self._started_at, contact) + self._window
 
     def _hears_leader(self) -> bool:
         """Whether a live leader was heard within the minimum election timeout
-        (or this node leads with a lease, or it has just started: it may have
-        acknowledged a leader before a restart)."""
+        (or this node leads with a lease, or it has just started)."""
         now = self._monotonic()
-        window = self._timing.election_timeout_min
-        if now - self._started_at < window:
-            return True
         if self._state is State.LEADER:
             return self._lease is not None and self._lease.holds(now)
-        return self._last_contact is not None and now - self._last_contact < window
+        return now < self._quiet_until()
 
     def _answer_pre_vote(self, req: VoteRequest) -> None:
         grant = (
@@ -518,6 +627,14 @@ class Node:
         if not self._tx:
             self._campaign()
             return
+        wait = self._quiet_until() - self._monotonic()
+        if wait > 0:
+            # The reactor's clock ran ahead of the monotonic one (a wall-clock
+            # step): the promise to the leader still holds, so wait it out.
+            self._arm(wait, self._election_timeout)
+            return
+        if self._at_last_term():
+            return
         try:
             position = self._position()
         except HandlerError as e:
@@ -533,6 +650,16 @@ class Node:
             return
         req = VoteRequest(self._term + 1, self._id, position, pre_vote=True)
         self._send(self._rpc.request_vote, req)
+
+    def _at_last_term(self) -> bool:
+        """Whether no term is left to campaign in; the node still votes and follows."""
+        if self._term < MAX_TERM:
+            return False
+        self._odd.warn(
+            "node {node} cannot campaign: its term is the last one, 2**64-1", node=self._id
+        )
+        self._reset_election_timer()
+        return True
 
     def _decide_vote(self, req: VoteRequest) -> bool:
         if req.term < self._term or self._state is State.LEADER:
@@ -551,6 +678,8 @@ class Node:
 
     def _campaign(self, transfer: bool = False) -> None:
         self._pre_votes = None
+        if self._at_last_term():
+            return
         try:
             position = self._position()
         except HandlerError as e:
@@ -581,6 +710,7 @@ class Node:
             self._send(self._rpc.request_vote, req)
 
     def _become_leader(self) -> None:
+        self._end_transfer(None, f"node {self._id} won term {self._term} itself")
         self._follow(self._id)
         self._set_state(State.LEADER)
         self._counts.elections_won += 1
@@ -619,13 +749,14 @@ class Node:
         self._arm(self._timing.heartbeat_interval, self._send_heartbeat)
         target = self._priority_handover(lease) if lease is not None else None
         if target is not None:
+            self._back_off(target)
             self.transfer_leadership(target).addErrback(lambda _: None)
 
     def _priority_handover(self, lease: Lease) -> str | None:
         """A follower of higher priority, heard steadily for a while, to hand over to."""
-        if self._transfer is not None or not lease.holds(self._monotonic()):
-            return None
         now = self._monotonic()
+        if self._transfer is not None or not lease.holds(now):
+            return None
         steady = self._timing.election_timeout_max
         fresh = 2 * self._timing.heartbeat_interval
         better = [
@@ -635,8 +766,18 @@ class Node:
             and now - lease.ack_times.get(f, 0) <= fresh
             and now - lease.steady_since.get(f, now) >= steady
             and lease.acked.get(f, 0) >= lease.seq - 1
+            and now >= (b.not_before if (b := self._backoffs.get(f)) else now)
         ]
         return max(better, key=lambda f: (lease.priorities[f], f)) if better else None
+
+    def _back_off(self, target: str) -> None:
+        """The next hand-over to C{target} waits, twice as long each time, until
+        it has held leadership that long: a target that cannot keep a quorum
+        must not make the cluster flap."""
+        base = HANDOVER_BACKOFF * self._timing.election_timeout_max
+        backoff = self._backoffs.get(target)
+        delay = base if backoff is None else min(2 * backoff.delay, HANDOVER_BACKOFF_MAX * base)
+        self._backoffs[target] = _Backoff(self._monotonic() + delay, delay)
 
     def _lose_quorum(self) -> None:
         self.log.warn(
@@ -669,6 +810,7 @@ class Node:
         self._leader = leader
         if leader != self._known_leader:
             self._known_leader = leader
+            self._leader_since = self._monotonic()
             self._counts.leader_changes += 1
             # A follower learns of a new leader without changing state: say so,
             # so a log shows when each node agreed on it.
@@ -735,8 +877,9 @@ class Node:
         old = self._state
         if new is old:
             return
-        # The old state's timer ends with it.
+        # The old state's timer and pre-vote round end with it.
         self._disarm()
+        self._pre_votes = None
         self._state = new
         if old is State.LEADER:
             self._lease = None
@@ -754,7 +897,7 @@ class Node:
 
     def _persist(self, term: int, vote: str) -> bool:
         try:
-            self._store.save(PersistentState(term, vote))
+            self._store.save(PersistentState(term, vote, self._id))
         except LogAccessError as e:
             self.log.error("node {node}: {error}", node=self._id, error=str(e))
             self._report_error(e)
@@ -885,9 +1028,7 @@ def new(
         log_path = os.fspath(log_path)
     if not isinstance(log_path, str) or not log_path:
         raise LogRequiredError("a path for the node's state file (log_path) is required")
-    if node_id is None:
-        node_id = _random_id()
-    else:
+    if node_id is not None:
         try:
             check_id("node_id", node_id)
         except MessageError as e:
@@ -912,10 +1053,20 @@ def new(
 
         clock = reactor
         # The reactor's clock is wall time, which jumps; leases need a steady one.
-        monotonic = monotonic or time.monotonic
+        monotonic = monotonic or steady_clock()
     assert clock is not None
     store = StateFile(log_path)
     saved = store.load()
+    if node_id is None:
+        node_id = saved.node_id or _random_id()
+    elif saved.node_id and saved.node_id != node_id:
+        raise NodeIdError(
+            f"state file {log_path!r} belongs to node {saved.node_id!r}, not {node_id!r}: "
+            "start it as that node (or without a node id), or give this node a file of its own"
+        )
+    if saved.node_id != node_id:
+        # From its first start, the file names its node: a restart keeps the id.
+        store.save(PersistentState(saved.term, saved.voted_for, node_id))
     node = Node(
         info,
         handler,

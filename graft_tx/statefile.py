@@ -2,8 +2,11 @@
 
 The file holds C{{"SHA": <base64>, "Data": <base64>}}: Data is the JSON
 C{{"CurrentTerm": <int>, "VotedFor": "<id>"}} and SHA is the SHA-1 of those
-bytes. Old graft releases wrote the Data bytes followed by the SHA-1 of
-nothing in place of the digest; such files are read too.
+bytes. graft_tx adds C{"NodeID"} to Data, the id of the node that owns the
+file, so that a restarted node keeps its identity; Go graft's decoder skips
+the unknown key, and a file without it (Go's) is read as having no id.
+Old graft releases wrote the Data bytes followed by the SHA-1 of nothing in
+place of the digest; such files are read too.
 
 Unlike graft, writes go through a temporary file, fsync and an atomic
 rename, so a crash leaves the old state or the new one, never a torn file;
@@ -21,8 +24,8 @@ import json
 import os
 from dataclasses import dataclass
 
-from graft_tx.errors import LogAccessError, LogCorruptError
-from graft_tx.messages import MAX_TERM
+from graft_tx.errors import LogAccessError, LogCorruptError, MessageError
+from graft_tx.messages import MAX_TERM, check_id
 
 _EMPTY_SHA1 = hashlib.sha1(b"").digest()
 # Go's encoding/json escapes these even inside strings; so do we, byte for byte.
@@ -31,16 +34,24 @@ _GO_ESCAPES = {ord(c): f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"}
 
 @dataclass(frozen=True)
 class PersistentState:
-    """What a node must never forget: its term and its vote in that term."""
+    """What a node must never forget: its term, its vote in that term, and
+    its own id (C{""}: none recorded yet)."""
 
     term: int = 0
     voted_for: str = ""
+    node_id: str = ""
 
 
 def encode_state(state: PersistentState) -> bytes:
     """The file content for C{state}, byte for byte as Go graft writes it."""
+    if not 0 <= state.term <= MAX_TERM:
+        # Never write what load() would refuse to read.
+        raise ValueError(f"term {state.term} is out of range")
+    fields: dict[str, object] = {"CurrentTerm": state.term, "VotedFor": state.voted_for}
+    if state.node_id:
+        fields["NodeID"] = state.node_id
     text = json.dumps(
-        {"CurrentTerm": state.term, "VotedFor": state.voted_for},
+        fields,
         separators=(",", ":"),
         ensure_ascii=False,
     )
@@ -103,7 +114,15 @@ def decode_state(content: bytes, path: str) -> PersistentState | None:
         raise LogCorruptError(path, f"CurrentTerm {term!r} is not a term")
     if not isinstance(vote, str):
         raise LogCorruptError(path, f"VotedFor {vote!r} is not a node id")
-    return PersistentState(term, vote)
+    node_id = _field(fields, "NodeID")
+    if node_id is None:
+        node_id = ""
+    try:
+        check_id("NodeID", node_id, allow_empty=True)
+    except MessageError:
+        raise LogCorruptError(path, f"NodeID {node_id!r} is not a node id") from None
+    assert isinstance(node_id, str)
+    return PersistentState(term, vote, node_id)
 
 
 class StateFile:

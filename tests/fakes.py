@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -15,6 +16,7 @@ from graft_tx.interfaces import (
     IStateHandler,
     IStateMachineHandler,
 )
+from graft_tx.statefile import PersistentState, StateFile
 
 T = TypeVar("T")
 
@@ -117,3 +119,18 @@ class PolicyHandler:
     def grant_vote(self, position: bytes) -> bool:
         self.asked.append(position)
         return self.grant
+
+
+class Lowest(random.Random):
+    """An rng that always draws the lowest value: every election timeout is
+    exactly the minimum, so unit tests can name the instant a node campaigns."""
+
+    def random(self) -> float:
+        return 0.0
+
+
+def term_and_vote(path: str, owner: str = "me") -> PersistentState:
+    """The term and vote in a node's state file, which must name C{owner}."""
+    state = StateFile(path).load()
+    assert state.node_id == owner, f"{path} names {state.node_id!r}, not {owner!r}"
+    return PersistentState(state.term, state.voted_for)

@@ -392,8 +392,8 @@ def test_timing_defaults() -> None:
 
 
 def test_timing_accepts_edges() -> None:
-    """min == max and a heartbeat just below half the minimum are valid."""
-    Timing(0.5, 0.5, 0.1)
+    """A range exactly one heartbeat wide and a heartbeat just below half the minimum are valid."""
+    Timing(0.5, 0.6, 0.1)
     Timing(0.5, 1.0, 0.2499)
     Timing(4, 8, 1)
 
@@ -417,6 +417,16 @@ def test_timing_min_above_max() -> None:
         Timing(election_timeout_min=2.0, election_timeout_max=1.0, heartbeat_interval=0.1)
     assert "election_timeout_min" in str(caught.value)
     assert "election_timeout_max" in str(caught.value)
+
+
+@pytest.mark.parametrize("high", [0.5, 0.55, 0.5999])
+def test_timing_range_narrower_than_a_heartbeat(high: float) -> None:
+    """Equal timeouts, or a range under one heartbeat wide, are a TimingError (split votes)."""
+    with pytest.raises(TimingError) as caught:
+        Timing(election_timeout_min=0.5, election_timeout_max=high, heartbeat_interval=0.1)
+    assert "must exceed election_timeout_min (0.5s) by at least heartbeat_interval" in str(
+        caught.value
+    )
 
 
 @pytest.mark.parametrize("beat", [0.25, 0.3, 0.5, 0.9])

@@ -305,7 +305,7 @@ def test_close_keeps_file(tmp_path: Path) -> None:
     node.handle_vote_request(VoteRequest(2, "peer"))
     node.close()
     assert path.exists()
-    assert StateFile(str(path)).load() == PersistentState(2, "peer")
+    assert StateFile(str(path)).load() == PersistentState(2, "peer", node.id)
 
 
 # -- write failures and atomicity -------------------------------------------

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
-from fakes import RecordingHandler, RecordingRpc
+from fakes import Lowest, RecordingHandler, RecordingRpc
 from twisted.internet.task import Clock
 
 import graft_tx
@@ -15,7 +14,7 @@ from graft_tx import ClusterInfo, Heartbeat, State, Timing, VoteRequest, VoteRes
 # Graft's algorithm as Go graft runs it; graft-tx features are tested on their own.
 pytestmark = pytest.mark.protocol("graft")
 
-TIMING = Timing(1.0, 1.0, 0.25)
+TIMING = Timing(1.0, 1.25, 0.25)
 
 
 def make(tmp_path: Path, clock: Clock, size: int = 3) -> tuple[graft_tx.Node, RecordingRpc]:
@@ -28,7 +27,7 @@ def make(tmp_path: Path, clock: Clock, size: int = 3) -> tuple[graft_tx.Node, Re
         clock=clock,
         timing=TIMING,
         node_id="me",
-        rng=random.Random(1),
+        rng=Lowest(),
     )
     return node, rpc
 

@@ -67,6 +67,7 @@ SCHEMA: dict[str, dict[int, tuple[str, int, int]]] = {
         2: ("follower", FieldDescriptor.TYPE_STRING, LENGTH_DELIMITED),
         3: ("seq", FieldDescriptor.TYPE_UINT64, VARINT),
         4: ("priority", FieldDescriptor.TYPE_UINT32, VARINT),
+        5: ("window_us", FieldDescriptor.TYPE_UINT64, VARINT),
         10: ("cluster_size", FieldDescriptor.TYPE_UINT32, VARINT),
         11: ("protocol", FieldDescriptor.TYPE_STRING, LENGTH_DELIMITED),
     },
@@ -612,7 +613,7 @@ def model_decode(
     values: dict[str, object] = {"term": 0, "granted": False, "current_state": b""}
     values |= {"candidate": "", "voter": "", "leader": "", "cluster_size": 0, "protocol": ""}
     values |= {"pre_vote": False, "transfer": False, "seq": 0, "transfer_to": ""}
-    values |= {"follower": "", "priority": 0}
+    values |= {"follower": "", "priority": 0, "window_us": 0}
     for number, _, value in fields:
         if number not in SCHEMA[kind]:
             continue

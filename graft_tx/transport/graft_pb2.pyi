@@ -55,17 +55,19 @@ class Heartbeat(_message.Message):
     def __init__(self, term: _Optional[int] = ..., leader: _Optional[str] = ..., cluster_size: _Optional[int] = ..., protocol: _Optional[str] = ..., seq: _Optional[int] = ..., transfer_to: _Optional[str] = ...) -> None: ...
 
 class HeartbeatAck(_message.Message):
-    __slots__ = ("term", "follower", "seq", "priority", "cluster_size", "protocol")
+    __slots__ = ("term", "follower", "seq", "priority", "window_us", "cluster_size", "protocol")
     TERM_FIELD_NUMBER: _ClassVar[int]
     FOLLOWER_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_US_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_SIZE_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     term: int
     follower: str
     seq: int
     priority: int
+    window_us: int
     cluster_size: int
     protocol: str
-    def __init__(self, term: _Optional[int] = ..., follower: _Optional[str] = ..., seq: _Optional[int] = ..., priority: _Optional[int] = ..., cluster_size: _Optional[int] = ..., protocol: _Optional[str] = ...) -> None: ...
+    def __init__(self, term: _Optional[int] = ..., follower: _Optional[str] = ..., seq: _Optional[int] = ..., priority: _Optional[int] = ..., window_us: _Optional[int] = ..., cluster_size: _Optional[int] = ..., protocol: _Optional[str] = ...) -> None: ...

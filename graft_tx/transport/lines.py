@@ -78,6 +78,8 @@ def encode_message(message: Message) -> dict[str, Any]:
             "seq": message.seq,
             "priority": message.priority,
         }
+        if message.window_us:
+            obj["window_us"] = message.window_us
     else:
         obj = {"type": "heartbeat", "term": message.term, "leader": message.leader}
         if message.seq:
@@ -126,6 +128,7 @@ def decode_message(obj: dict[str, Any]) -> Message:
                 get("follower"),  # type: ignore[arg-type]
                 get("seq"),  # type: ignore[arg-type]
                 get("priority", 1),
+                get("window_us", 0),
             )
     except (MessageError, ValueError) as e:  # binascii.Error is a ValueError
         raise LineError(f"invalid {kind}: {e}") from None

@@ -60,6 +60,7 @@ def encode(message: Message, cluster_size: int, protocol: str = PROTOCOL) -> byt
             follower=message.follower,
             seq=message.seq,
             priority=message.priority,
+            window_us=message.window_us,
             cluster_size=cluster_size,
             protocol=protocol,
         ).SerializeToString()
@@ -95,7 +96,8 @@ def read_heartbeat(payload: bytes, cluster_size: int) -> tuple[Heartbeat, str]:
 def read_heartbeat_ack(payload: bytes, cluster_size: int) -> tuple[HeartbeatAck, str]:
     """A HeartbeatAck and the protocol its sender runs; see L{_parse}."""
     w = _parse(pb.HeartbeatAck(), payload, cluster_size)
-    return _checked(HeartbeatAck, w.term, w.follower, w.seq, w.priority), w.protocol
+    fields = (w.term, w.follower, w.seq, w.priority, w.window_us)
+    return _checked(HeartbeatAck, *fields), w.protocol
 
 
 def decode_vote_request(payload: bytes, cluster_size: int) -> VoteRequest:
