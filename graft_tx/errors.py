@@ -28,7 +28,7 @@ class LogRequiredError(GraftError, ValueError):
 
 
 class NodeIdError(GraftError, ValueError):
-    """The node id is empty or not a string."""
+    """The node id is empty or not a string, or not the id its state file records."""
 
 
 class TimingError(GraftError, ValueError):

@@ -81,6 +81,10 @@ class Lease:
         self.expiry = expiry
         return True
 
+    def sent_at(self, seq: int) -> float:
+        """When heartbeat C{seq} was sent (minus infinity if unknown or long gone)."""
+        return self._sent.get(seq, float("-inf"))
+
     def holds(self, now: float) -> bool:
         return self.expiry is not None and now < self.expiry
 

@@ -61,14 +61,16 @@ from graft_tx.messages import (
 from graft_tx.ratelimit import RateLimitedLog
 from graft_tx.statefile import PersistentState, StateFile
 
-# A message whose term is further than this above the receiver's is dropped:
-# no honest cluster holds four billion elections while one node looks away,
-# and so no single message can use up the 64-bit terms (see README).
+# A message whose term is further than this above the receiver's is dropped,
+# and the receiver's term moves up by this much only: no single message can
+# use up the 64-bit terms, yet a node far behind (or ahead) of the others
+# catches up with a few of their messages (see README).
 TERM_JUMP = 2**32
 # A leader waits this many maximum election timeouts before it hands over to
-# the same higher-priority follower again, doubling each time up to 64 times.
+# the same higher-priority follower again, doubling each time up to 8 times.
 HANDOVER_BACKOFF = 10
-HANDOVER_BACKOFF_MAX = 64
+HANDOVER_BACKOFF_MAX = 8
+MIN_WAIT = 0.001
 
 
 @dataclass
@@ -455,21 +457,26 @@ class Node:
         """Whether a message of C{term} from C{sender} is worth reading."""
         if self._state is State.CLOSED or sender == self._id:
             return False
-        if term - self._term > TERM_JUMP:
-            self._odd.warn(
-                "node {node} dropped a {kind} from {sender} of term {term}, more than "
-                "2**32 above its own term {own}",
-                node=self._id,
-                kind=kind,
-                sender=sender,
-                term=term,
-                own=self._term,
-            )
-            return False
-        return True
+        if term - self._term <= TERM_JUMP:
+            return True
+        self._odd.warn(
+            "node {node} dropped a {kind} from {sender} of term {term}, more than 2**32 above "
+            "its own term {own}",
+            node=self._id,
+            kind=kind,
+            sender=sender,
+            term=term,
+            own=self._term,
+        )
+        if kind != "pre-vote request":
+            # Step towards it: one message cannot use the terms up, and a node
+            # left behind is with the others after a few of theirs.
+            self._step_down(min(self._term + TERM_JUMP, MAX_TERM))
+        return False
 
     def handle_vote_request(self, req: VoteRequest) -> None:
-        if not self._admit(req.term, req.candidate, "vote request"):
+        kind = "pre-vote request" if req.pre_vote else "vote request"
+        if not self._admit(req.term, req.candidate, kind):
             return
         if self._tx:
             if req.pre_vote:
@@ -526,17 +533,20 @@ class Node:
         if hb.term > self._term:
             self._step_down(hb.term, leader=hb.leader)
         elif self._state is State.LEADER or self._leader not in ("", hb.leader):
-            # One leader per term: a second one is a stranger or a bug.
+            # One leader per term: a second one is a stranger or a bug. A
+            # leader keeps leading; a follower follows the newest, so that a
+            # stranger who spoke first cannot keep it from its real leader.
             self._odd.warn(
-                "node {node} follows {leader} in term {term} of {cluster} but got a heartbeat "
-                "from {other} in the same term; ignored",
+                "node {node} knows {leader} as the leader of term {term} of {cluster} but got "
+                "a heartbeat from {other} in the same term",
                 node=self._id,
                 leader=self._leader,
                 term=self._term,
                 cluster=self._info.name,
                 other=hb.leader,
             )
-            return
+            if self._state is State.LEADER:
+                return
         else:
             # A candidate of this term keeps its vote: it voted for itself.
             self._follow(hb.leader)
@@ -630,8 +640,10 @@ class Node:
         wait = self._quiet_until() - self._monotonic()
         if wait > 0:
             # The reactor's clock ran ahead of the monotonic one (a wall-clock
-            # step): the promise to the leader still holds, so wait it out.
-            self._arm(wait, self._election_timeout)
+            # step): the promise to the leader still holds, so wait it out (in
+            # steps of at least a millisecond: a shorter one could be lost in
+            # the clock's rounding and fire at once, again and again).
+            self._arm(max(wait, MIN_WAIT), self._election_timeout)
             return
         if self._at_last_term():
             return
@@ -720,7 +732,7 @@ class Node:
                 self._monotonic(),
                 self._timing.election_timeout_min,
                 quorum(self._info.size),
-                gap=2 * self._timing.heartbeat_interval,
+                gap=self._window / 2,
             )
         else:
             self._release_leader()
@@ -758,14 +770,15 @@ class Node:
         if self._transfer is not None or not lease.holds(now):
             return None
         steady = self._timing.election_timeout_max
-        fresh = 2 * self._timing.heartbeat_interval
+        # Fresh: its newest ack is for a heartbeat sent within half a lease,
+        # whatever the round trip (a heartbeat interval can be shorter).
+        fresh = self._window / 2
         better = [
             f
             for f, p in lease.priorities.items()
             if p > self._priority
-            and now - lease.ack_times.get(f, 0) <= fresh
+            and now - lease.sent_at(lease.acked.get(f, 0)) <= fresh
             and now - lease.steady_since.get(f, now) >= steady
-            and lease.acked.get(f, 0) >= lease.seq - 1
             and now >= (b.not_before if (b := self._backoffs.get(f)) else now)
         ]
         return max(better, key=lambda f: (lease.priorities[f], f)) if better else None
@@ -981,6 +994,22 @@ def _random_id() -> str:
     return secrets.token_hex(12)
 
 
+def owner_id(saved: PersistentState, node_id: str | None, path: str) -> str:
+    """The id a node started on state file C{path} runs under: C{node_id},
+    else the id the file records, else a new one.
+
+    @raise NodeIdError: C{node_id} is not the id the file records.
+    """
+    if node_id is None:
+        return saved.node_id or _random_id()
+    if saved.node_id and saved.node_id != node_id:
+        raise NodeIdError(
+            f"state file {path!r} belongs to node {saved.node_id!r}, not {node_id!r}: "
+            "start it as that node (or without a node id), or give this node a file of its own"
+        )
+    return node_id
+
+
 def new(
     info: ClusterInfo,
     handler: IStateHandler | None,
@@ -1057,13 +1086,7 @@ def new(
     assert clock is not None
     store = StateFile(log_path)
     saved = store.load()
-    if node_id is None:
-        node_id = saved.node_id or _random_id()
-    elif saved.node_id and saved.node_id != node_id:
-        raise NodeIdError(
-            f"state file {log_path!r} belongs to node {saved.node_id!r}, not {node_id!r}: "
-            "start it as that node (or without a node id), or give this node a file of its own"
-        )
+    node_id = owner_id(saved, node_id, log_path)
     if saved.node_id != node_id:
         # From its first start, the file names its node: a restart keeps the id.
         store.save(PersistentState(saved.term, saved.voted_for, node_id))

@@ -267,7 +267,7 @@ def test_a_slow_leader_cut_off_from_faster_followers_leaves_before_they_elect(
 
 
 def test_an_absurd_term_is_dropped_and_elections_go_on(tmp_path: Path, warnings: Warnings) -> None:
-    """Messages of term 2**64-1 from a stranger change nothing; the cluster still elects."""
+    """Messages of term 2**64-1 from a stranger are dropped; each moves terms up by 2**32 only."""
     net = Net(tmp_path, size=3).start_all()
     leader = net.elect()
     term = leader.current_term
@@ -276,20 +276,32 @@ def test_an_absurd_term_is_dropped_and_elections_go_on(tmp_path: Path, warnings:
         node.handle_vote_request(VoteRequest(MAX_TERM, "evil"))
         node.handle_vote_response(VoteResponse(MAX_TERM, False, "evil"))
         node.handle_heartbeat_ack(HeartbeatAck(MAX_TERM, "evil", 1))
-    assert {node.current_term for node in net.nodes.values()} == {term}
+    assert {node.current_term for node in net.nodes.values()} == {term + 4 * TERM_JUMP}
+    assert {node.leader for node in net.nodes.values()} == {""}
     assert any("more than 2**32 above" in str(e.get("log_format")) for e in warnings)
     net.crash(leader)
     net.elect()
     net.close()
 
 
-def test_a_term_jump_of_2_to_the_32_is_the_last_one_adopted(tmp_path: Path) -> None:
-    """A message at most TERM_JUMP above the node's term is read; one further is dropped."""
+def test_a_pre_vote_request_from_far_above_changes_nothing(tmp_path: Path) -> None:
+    """A pre-vote request of an absurd term is dropped without moving the node's term."""
     u = unit(tmp_path, saved=PersistentState(5, ""))
-    u.node.handle_heartbeat(Heartbeat(5 + TERM_JUMP + 1, "L", 1))
+    u.clock.advance(2.0)
+    u.node.handle_vote_request(VoteRequest(MAX_TERM, "evil", pre_vote=True))
     assert u.node.current_term == 5
-    u.node.handle_heartbeat(Heartbeat(5 + TERM_JUMP, "L", 1))
-    assert (u.node.current_term, u.node.leader) == (5 + TERM_JUMP, "L")
+    assert u.rpc.vote_responses == []
+
+
+def test_a_node_far_behind_catches_up_in_steps_of_2_to_the_32(tmp_path: Path) -> None:
+    """A heartbeat more than TERM_JUMP ahead is dropped and lifts the term by TERM_JUMP;
+    the leader's next heartbeat is then within reach and followed."""
+    u = unit(tmp_path, saved=PersistentState(5, ""))
+    far = 5 + TERM_JUMP + 1
+    u.node.handle_heartbeat(Heartbeat(far, "L", 1))
+    assert (u.node.current_term, u.node.leader) == (5 + TERM_JUMP, "")
+    u.node.handle_heartbeat(Heartbeat(far, "L", 2))
+    assert (u.node.current_term, u.node.leader) == (far, "L")
 
 
 @pytest.mark.parametrize("size", [1, 3])
@@ -458,7 +470,7 @@ def test_the_hand_over_is_repeated_no_longer_than_the_old_lease(tmp_path: Path) 
 def test_same_term_heartbeats_from_another_leader_are_rate_limited(
     tmp_path: Path, warnings: Warnings
 ) -> None:
-    """3,000 same-term heartbeats naming another leader log a handful of warnings, no error."""
+    """3,000 same-term heartbeats naming another leader log ten warnings at most, no error."""
     u = unit(tmp_path)
     lead(u, ("a",))
     for _ in range(3000):
@@ -468,10 +480,14 @@ def test_same_term_heartbeats_from_another_leader_are_rate_limited(
     assert u.node.state is L
 
 
-def test_a_follower_keeps_its_leader_against_a_same_term_stranger(tmp_path: Path) -> None:
-    """A follower of L in term 1 ignores a heartbeat of term 1 from another id."""
+def test_a_follower_follows_the_newest_leader_of_its_term(
+    tmp_path: Path, warnings: Warnings
+) -> None:
+    """A follower of L in term 1 that hears another leader of term 1 warns and follows it,
+    so that a stranger who spoke first cannot keep it from its real leader."""
     u = unit(tmp_path, saved=PersistentState(1, ""))
-    u.node.handle_heartbeat(Heartbeat(1, "L", 1))
     u.node.handle_heartbeat(Heartbeat(1, "stranger", 1))
+    u.node.handle_heartbeat(Heartbeat(1, "L", 1))
     assert (u.node.state, u.node.leader) == (F, "L")
-    assert [leader for leader, _ in u.rpc.acks] == ["L"]
+    assert [leader for leader, _ in u.rpc.acks] == ["stranger", "L"]
+    assert any("in the same term" in str(e.get("log_format")) for e in warnings)

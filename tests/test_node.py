@@ -393,8 +393,7 @@ MATRIX = {
     "F-response-equal": Case(F, VoteResponse(5, True, "a"), F, 5, "", "old"),
     "F-response-higher": Case(F, VoteResponse(6, False, "a"), F, 6, "", ""),
     "F-heartbeat-lower": Case(F, Heartbeat(4, "L"), F, 5, "", "old"),
-    # One leader per term: a heartbeat from another leader of the same term is ignored.
-    "F-heartbeat-equal": Case(F, Heartbeat(5, "L"), F, 5, "", "old"),
+    "F-heartbeat-equal": Case(F, Heartbeat(5, "L"), F, 5, "", "L", timer="reset"),
     "F-heartbeat-higher": Case(F, Heartbeat(6, "L"), F, 6, "", "L", timer="reset"),
     # candidate
     "C-request-lower": Case(C, VoteRequest(4, "c"), C, 5, ME, "", deny(5)),
