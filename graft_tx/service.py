@@ -24,6 +24,11 @@ class GraftService(Service):
     node (kept as C{.node}, also after stopping, to read its last state).
     C{stopService} closes it and returns a Deferred that fires once the
     transport has closed. Composes into any C{MultiService}.
+
+    C{node_id} is passed to L{new}: without it the node takes the id its
+    state file records (a new random one the first time), and an id other
+    than the recorded one makes C{startService} raise L{NodeIdError}, as a
+    corrupt file raises L{LogCorruptError}; the service is then not running.
     """
 
     node: Node | None

@@ -13,13 +13,14 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from graft_tx.cluster import ClusterInfo, Timing
-from graft_tx.errors import GraftError
+from graft_tx.errors import GraftError, NodeIdError
 from graft_tx.eventlog import EventLogService
 from graft_tx.hooks import HookCommands, HookHandler, HookRunner, command
 from graft_tx.interfaces import IRpc
 from graft_tx.messages import MAX_PRIORITY, check_id
-from graft_tx.node import GRAFT, PROTOCOLS
+from graft_tx.node import GRAFT, PROTOCOLS, owner_id
 from graft_tx.service import GraftService
+from graft_tx.statefile import decode_state
 from graft_tx.transport.nats import NatsRpc
 from graft_tx.transport.tcp import TcpRpc
 from graft_tx.web import GraftResource
@@ -52,8 +53,10 @@ class Options(usage.Options):
         ["size", None, None,
          f"Voting nodes. Default: --peer count + 1 over TCP, {DEFAULT_SIZE} over NATS."],
         ["state-file", None, None,
-         "Where the node keeps its term and vote. Default: ./graft-CLUSTER.state."],
-        ["node-id", None, None, "This node's id. Default: a fresh random id."],
+         "Where the node keeps its id, term and vote. Default: ./graft-CLUSTER.state."],
+        ["node-id", None, None,
+         "This node's id. Default: the id its state file records, or a new random id on the "
+         "first start. An id other than the recorded one is refused."],
         ["transport", None, None, "nats or tcp. Default: tcp when --peer is given, else nats."],
         ["protocol", None, "graft-tx",
          "graft-tx (leases, pre-vote, transfer) or graft (Go graft's behaviour, to mix with "
@@ -157,12 +160,37 @@ class Options(usage.Options):
         directory = os.path.dirname(os.path.abspath(self["state-file"]))
         if not os.path.isdir(directory):
             raise usage.UsageError(f"--state-file: the directory {directory} does not exist")
+        self._check_state_file()
         if self["event-log"] is not None:
             directory = os.path.dirname(os.path.abspath(self["event-log"]))
             if not os.path.isdir(directory):
                 raise usage.UsageError(f"--event-log: the directory {directory} does not exist")
         if transport == "nats":
             _use_asyncio_reactor()
+
+    def _check_state_file(self) -> None:
+        """Refuse, as a usage error, a state file the node would refuse when it starts.
+
+        The node checks again in new(); this check only spares the user
+        twistd's traceback for the common mistakes. It reads, never creates.
+        """
+        path = self["state-file"]
+        try:
+            with open(path, "rb") as f:
+                content = f.read()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise usage.UsageError(f"--state-file: cannot read {path}: {e.strerror}") from None
+        try:
+            saved = decode_state(content, path)
+        except GraftError as e:
+            raise usage.UsageError(f"--state-file: {e}") from None
+        if saved is not None and self["node-id"] is not None:
+            try:
+                owner_id(saved, self["node-id"], path)
+            except NodeIdError as e:
+                raise usage.UsageError(f"--node-id: {e}") from None
 
     def _hook(self, name: str) -> tuple[str, ...] | None:
         if self[name] is None:

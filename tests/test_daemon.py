@@ -29,7 +29,7 @@ import pytest
 from natsserver import NatsServer, free_port
 from twisted.logger import eventsFromJSONLogFile
 
-from graft_tx.statefile import StateFile
+from graft_tx.statefile import PersistentState, StateFile
 
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -160,9 +160,17 @@ class Daemon:
 
 
 def twistd_graft(
-    spawn: Spawner, name: str, *args: str, twistd_args: tuple[str, ...] = ()
+    spawn: Spawner,
+    name: str,
+    *args: str,
+    twistd_args: tuple[str, ...] = (),
+    named: bool = True,
 ) -> Daemon:
-    """Start C{twistd -n graft --node-id NAME --status ... --state-file ...} with C{args}."""
+    """Start C{twistd -n graft --node-id NAME --status ... --state-file NAME.state} with C{args}.
+
+    C{named=False} leaves out C{--node-id}: the node takes the id its state
+    file records (a random one on the first start).
+    """
     state_file = spawn.cwd / f"{name}.state"
     log = spawn.cwd / f"{name}.log"
     url = f"http://127.0.0.1:{free_port()}"
@@ -173,8 +181,7 @@ def twistd_graft(
         "-n",
         "--pidfile=",
         "graft",
-        "--node-id",
-        name,
+        *(["--node-id", name] if named else []),
         "--status",
         f"tcp:{port}:interface=127.0.0.1",
         "--state-file",
@@ -315,6 +322,24 @@ def test_sigterm_stops_a_node_cleanly_and_keeps_its_state_file(spawn: Spawner) -
     saved = StateFile(str(node.state_file)).load()
     assert saved.term == leading["term"] >= 1
     assert saved.voted_for == "s1"
+
+
+def test_restart_without_node_id_keeps_the_recorded_id(spawn: Spawner) -> None:
+    """Without --node-id, a node restarted on its state file reports the same id on /status."""
+    first = single_node(spawn, "r1", named=False)
+    before = wait_until(first.status, 15, "the first start to answer /status")
+    node_id = before["id"]
+    assert node_id and node_id != "r1"
+    first.process.send_signal(signal.SIGTERM)
+    assert first.process.wait(15) == -signal.SIGTERM
+    assert StateFile(str(first.state_file)).load().node_id == node_id
+
+    second = single_node(spawn, "r1", named=False)
+    after = wait_until(second.status, 15, "the second start to answer /status")
+    assert after["id"] == node_id
+    # Both starts log to r1.log: the same node started twice.
+    assert second.output().count(f"node {node_id} of solo started") == 2
+    assert "Traceback" not in second.output()
 
 
 def test_state_changes_are_structured_log_events(spawn: Spawner) -> None:
@@ -516,6 +541,37 @@ def test_bad_options_exit_with_the_usage_error(
     assert message in last_line(done.stdout)
     assert "Traceback" not in done.stdout
     assert not list(spawn.cwd.glob("*.state"))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "belongs to node 'm1', not 'm2'"),
+        (b"garbage", "is corrupt (not a JSON document)"),
+    ],
+)
+def test_refused_state_file_exits_with_the_usage_error(
+    spawn: Spawner, content: bytes | None, message: str
+) -> None:
+    """Another node's state file, or a corrupt one, stops twistd graft in one line, exit 1."""
+    state_file = spawn.cwd / "m.state"
+    if content is None:
+        StateFile(str(state_file)).save(PersistentState(5, "m1", "m1"))
+        content = state_file.read_bytes()
+    else:
+        state_file.write_bytes(content)
+    done = spawn.run(
+        [*TWISTD, "-n", "--pidfile=", "graft", "--cluster", "c", "--transport", "tcp",
+         "--listen", f"tcp:{free_port()}:interface=127.0.0.1", "--state-file", str(state_file),
+         "--node-id", "m2"],
+        timeout=20,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout
+    line = last_line(done.stdout)
+    assert "--state-file" in line or "--node-id" in line, line
+    assert message in line, line
+    assert "Traceback" not in done.stdout
+    assert state_file.read_bytes() == content
 
 
 # -- graft demo -----------------------------------------------------------

@@ -15,10 +15,12 @@ from graft_tx import (
     ClusterInfo,
     GraftService,
     LogCorruptError,
+    NodeIdError,
     QueueHandler,
     State,
     StateChange,
 )
+from graft_tx.statefile import PersistentState, StateFile
 from graft_tx.testing import MemoryNetwork
 
 # Graft's algorithm as Go graft runs it; graft-tx features are tested on their own.
@@ -233,6 +235,61 @@ def test_restart_same_node(tmp_path: Path) -> None:
     assert second.current_term == term + 1
     result_of(service.stopService())
     assert clock.getDelayedCalls() == []
+
+
+def test_new_service_on_same_state_file_keeps_node_id(tmp_path: Path) -> None:
+    """A second GraftService on the same state file, both without node_id, is the same node.
+
+    As when a process restarts: the first service's id is random and recorded in
+    the file; the second reads it back, with the term and vote.
+    """
+    clock = Clock()
+    network = MemoryNetwork(clock)
+    path = tmp_path / "state"
+    info = ClusterInfo("solo", 1)
+    first = GraftService(info, QueueHandler(), network.rpc(), str(path), clock=clock)
+    first.startService()
+    advance(clock, 1.5)
+    assert first.node is not None
+    assert first.node.state is State.LEADER
+    node_id, term = first.node.id, first.node.current_term
+    assert node_id
+    result_of(first.stopService())
+    assert StateFile(str(path)).load() == PersistentState(term, node_id, node_id)
+
+    second = GraftService(info, QueueHandler(), network.rpc(), str(path), clock=clock)
+    assert second.node_id is None
+    second.startService()
+    assert second.node is not None
+    assert second.node.id == second.node_id == node_id
+    assert second.node.current_term == term
+    assert second.node.current_vote == node_id
+    result_of(second.stopService())
+    assert clock.getDelayedCalls() == []
+
+
+def test_start_fails_on_another_nodes_state_file(tmp_path: Path) -> None:
+    """A node_id other than the one the file records makes startService raise NodeIdError.
+
+    Like a corrupt file: the service is not running, nothing joined the transport,
+    and the file still names its node.
+    """
+    clock = Clock()
+    path = tmp_path / "state"
+    StateFile(str(path)).save(PersistentState(3, "a", "a"))
+    content = path.read_bytes()
+    rpc = RecordingRpc()
+    service = GraftService(
+        ClusterInfo("c", 3), RecordingHandler(), rpc, str(path), clock=clock, node_id="b"
+    )
+    with pytest.raises(NodeIdError) as info:
+        service.startService()
+    assert "'a'" in str(info.value) and "'b'" in str(info.value)
+    assert not service.running
+    assert service.node is None
+    assert rpc.node is None
+    assert clock.getDelayedCalls() == []
+    assert path.read_bytes() == content
 
 
 def test_stop_without_start_is_harmless(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from twisted.python import usage
 
 from graft_tx import ClusterInfo, GraftService, NatsRpc, State, TcpRpc, Timing
 from graft_tx.hooks import HookHandler, HookRunner
-from graft_tx.statefile import StateFile
+from graft_tx.statefile import PersistentState, StateFile
 from graft_tx.tap import DEFAULT_NATS, Options, make_rpc, makeService
 from graft_tx.web import GraftResource
 
@@ -421,6 +421,62 @@ def test_state_file_in_missing_directory(tmp_path: Path) -> None:
     refused(
         ["--cluster", "c", "--state-file", str(missing / "x.state")], "--state-file", str(missing)
     )
+
+
+def test_node_id_default_help_names_the_state_file() -> None:
+    """--node-id's help says the default is the id the state file records, random at first."""
+    help_text = str(Options())
+    assert "fresh random id" not in help_text
+    flat = " ".join(help_text.split())
+    assert "the id its state file records, or a new random id on the first start" in flat
+
+
+def test_node_id_recorded_in_state_file_is_accepted(tmp_path: Path) -> None:
+    """The recorded id, or no --node-id at all, is accepted; the file is left as it was."""
+    path = tmp_path / "n.state"
+    StateFile(str(path)).save(PersistentState(4, "a", "a"))
+    content = path.read_bytes()
+    assert parse("--cluster", "c", "--state-file", str(path), "--node-id", "a")["node-id"] == "a"
+    assert parse("--cluster", "c", "--state-file", str(path))["node-id"] is None
+    assert path.read_bytes() == content
+
+
+def test_node_id_refused_for_another_nodes_state_file(tmp_path: Path) -> None:
+    """A --node-id other than the one the state file records is refused, naming both ids."""
+    path = tmp_path / "n.state"
+    StateFile(str(path)).save(PersistentState(4, "a", "a"))
+    content = path.read_bytes()
+    refused(
+        ["--cluster", "c", "--state-file", str(path), "--node-id", "b"],
+        "--node-id",
+        repr(str(path)),
+        "belongs to node 'a', not 'b'",
+    )
+    assert path.read_bytes() == content
+
+
+def test_node_id_free_for_a_state_file_without_one(tmp_path: Path) -> None:
+    """A state file that records no id (Go graft's, or empty) takes any --node-id."""
+    path = tmp_path / "go.state"
+    StateFile(str(path)).save(PersistentState(2, "x"))
+    assert parse("--cluster", "c", "--state-file", str(path), "--node-id", "b")["node-id"] == "b"
+    path.write_bytes(b"")
+    assert parse("--cluster", "c", "--state-file", str(path), "--node-id", "b")["node-id"] == "b"
+
+
+def test_corrupt_state_file_refused(tmp_path: Path) -> None:
+    """A corrupt state file is refused in one line before anything starts; it is left untouched."""
+    path = tmp_path / "bad.state"
+    path.write_bytes(b"garbage")
+    refused(["--cluster", "c", "--state-file", str(path)], "--state-file", "is corrupt")
+    assert path.read_bytes() == b"garbage"
+
+
+def test_unreadable_state_file_refused(tmp_path: Path) -> None:
+    """A state file that cannot be read (here a directory) is refused in one line."""
+    path = tmp_path / "dir.state"
+    path.mkdir()
+    refused(["--cluster", "c", "--state-file", str(path)], "--state-file: cannot read", str(path))
 
 
 @pytest.mark.parametrize("node_id", ["a\nb", "tab\there", "\x00"])
