@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from graft_tx import Heartbeat, HeartbeatAck, State, StateChange, VoteRequest, VoteResponse
@@ -21,14 +22,31 @@ from graft_tx.statefile import PersistentState, StateFile
 T = TypeVar("T")
 
 
+def _outcome(d: Deferred[T]) -> tuple[list[T], list[Failure]]:
+    """What a Deferred that must already have fired gave: results or failures."""
+    results: list[T] = []
+    failures: list[Failure] = []
+    d.addCallbacks(results.append, failures.append)
+    assert results or failures, "the Deferred has not fired"
+    return results, failures
+
+
 def result_of(d: Deferred[T]) -> T:
     """The result of a Deferred that must already have fired successfully."""
-    results: list[T] = []
-    failures: list[object] = []
-    d.addCallbacks(results.append, failures.append)
+    results, failures = _outcome(d)
     assert not failures, failures
-    assert results, "the Deferred has not fired"
     return results[0]
+
+
+def failure_of(d: Deferred[Any]) -> Failure:
+    """The failure of a Deferred that must already have failed (consumed here)."""
+    results, failures = _outcome(d)
+    assert not results, results
+    return failures[0]
+
+
+def fired(d: Deferred[Any]) -> bool:
+    return bool(d.called)
 
 
 @implementer(IAckingRpc)

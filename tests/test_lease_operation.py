@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from fakes import Lowest, RecordingHandler, RecordingRpc, result_of
+from fakes import Lowest, RecordingHandler, RecordingRpc, failure_of, fired, result_of
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, globalLogPublisher
-from txnodes import FIXED, ME, F, L, Net, W, failure_of, fired, lead, unit
+from txnodes import FIXED, ME, F, L, Net, W, lead, unit
 
 import graft_tx
 import graft_tx.clocks

@@ -634,18 +634,23 @@ class Simulation:
         self.doors.pop(slot)
         self.nodes.pop(slot).close()
 
-    def restart(self, slot: str, fresh: bool = False) -> None:
-        priority = self.rng.choice((0, 1, 2))
-        others = sum(p >= 1 for i, p in self.priorities.items() if i != slot)
-        if priority == 0 and others < self.quorum:
-            priority = self.rng.choice((1, 2))
+    def restart(self, slot: str, fresh: bool = False, priority: int | None = None) -> None:
+        """Start C{slot} again, with C{priority} or a random one (keeping a quorum
+        that may lead)."""
+        if priority is None:
+            priority = self.rng.choice((0, 1, 2))
+            others = sum(p >= 1 for i, p in self.priorities.items() if i != slot)
+            if priority == 0 and others < self.quorum:
+                priority = self.rng.choice((1, 2))
         self.priorities[slot] = priority
         if fresh:
             # Its votes and terms went with the file.
             for node_id, owner in self.slot_of.items():
                 if owner == slot:
                     self.ledger.forget(node_id)
-        self.start(slot, fresh=fresh)
+        node = self.start(slot, fresh=fresh)
+        lost = " without its state file" if fresh else ""
+        self.record(f"restart {slot}{lost} as {node.id} with priority {priority}")
 
     def freeze(self, slot: str, seconds: float, suspend: bool = False) -> None:
         node = self.nodes[slot]
@@ -809,28 +814,16 @@ class Simulation:
         followers = self.followers_of_leaders()
         victim = rng.choice(followers if followers and rng.random() < 0.7 else sorted(self.nodes))
         frozen = " (frozen)" if victim in self.paused else ""
-        fresh = rng.random() < 0.4
         self.crash(victim)
-        self.restart(victim, fresh)
-        lost = " without its state file" if fresh else ""
-        self.record(
-            f"crash {victim}{frozen} and restart it{lost} as {self.nodes[victim].id} "
-            f"with priority {self.priorities[victim]}"
-        )
+        self.record(f"crash {victim}{frozen}, and at once:")
+        self.restart(victim, rng.random() < 0.4)
 
     def restart_one(self) -> None:
         down = [i for i in self.ids if i not in self.nodes]
         if not down:
             self.record("restart: every node is up")
             return
-        revived = self.rng.choice(down)
-        fresh = self.rng.random() < 0.3
-        self.restart(revived, fresh)
-        lost = " without its state file" if fresh else ""
-        self.record(
-            f"restart {revived}{lost} as {self.nodes[revived].id} "
-            f"with priority {self.priorities[revived]}"
-        )
+        self.restart(self.rng.choice(down), self.rng.random() < 0.3)
 
     def cut_off_from_the_leader(self) -> None:
         """One follower loses its link to the leader alone, and hears everyone else."""
@@ -1137,18 +1130,14 @@ class Drill(Simulation):
                 self.split([leader, follower], [s for s in others if s != follower])
                 self.advance(self.rng.uniform(0.1, 0.45), "the follower acks the cut-off leader")
                 self.crash(follower)
-                self.restart(follower, fresh=True)
-                self.record(
-                    f"restart {follower} without its state file as {self.nodes[follower].id}"
-                )
+                self.restart(follower, fresh=True, priority=1)
             elif self.kind == "reboot":
                 third = next(s for s in others if s != follower)
                 self.split([leader], [third])
                 self.advance(self.rng.uniform(0.5, 1.0), "the third stops hearing the leader")
                 self.crash(follower)
-                self.restart(follower)
+                self.restart(follower, priority=1)
                 self.split([leader], [follower])
-                self.record(f"{follower} restarted at once")
             elif self.kind == "wall":
                 # The third loses the leader, and still hears the follower.
                 self.split([leader], [s for s in others if s != follower])

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import RecordingHandler, RecordingRpc, result_of
+from fakes import RecordingHandler, RecordingRpc, failure_of, fired, result_of
 from twisted.internet.task import Clock
 from txnodes import (
     FIXED,
@@ -38,8 +38,6 @@ from txnodes import (
     W,
     X,
     elect,
-    failure_of,
-    fired,
     lead,
     unit,
 )

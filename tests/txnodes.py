@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fakes import Lowest, PolicyHandler, RecordingHandler, RecordingRpc, term_and_vote
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 import graft_tx
 import graft_tx.lease
@@ -141,20 +139,6 @@ def lead(u: Unit, acks: Iterable[str] = ("a",)) -> None:
     elect(u)
     for follower in acks:
         u.node.handle_heartbeat_ack(HeartbeatAck(u.node.current_term, follower, 1))
-
-
-def failure_of(d: Deferred[Any]) -> Failure:
-    """The failure of a Deferred that must already have failed (consumed here)."""
-    failures: list[Failure] = []
-    results: list[object] = []
-    d.addCallbacks(results.append, failures.append)
-    assert not results, results
-    assert failures, "the Deferred has not fired"
-    return failures[0]
-
-
-def fired(d: Deferred[Any]) -> bool:
-    return bool(d.called)
 
 
 STEP = 0.005
