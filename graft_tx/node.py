@@ -201,12 +201,23 @@ class Node:
         # anyone else for this long after it heard the leader.
         self._window = timing.election_timeout_min
         self._window_us = int(self._window * 1e6)
+        # A restart with shorter timings still keeps the promises its earlier
+        # self made: the state file records the longest, for the start window.
+        self._start_window = max(self._window, saved.window_us / 1e6)
         # An id the state file did not record is a new identity: a restart
         # that lost its file, or one under another id. Its old self's acks
         # may still count in a leader's lease, so it acks nothing until
         # those have run out, or one process would count twice.
-        self._acks_from = self._started_at + self._window if saved.node_id != node_id else -1.0
+        new_identity = saved.node_id != node_id
+        self._acks_from = self._started_at + self._start_window if new_identity else -1.0
+        # Promises: when this node last heard the leader it follows (and of
+        # which term), when it last heard any other, and whom that leader
+        # handed over to. A transfer's vote request passes only a promise
+        # whose own leader named the candidate.
         self._last_contact: float | None = None
+        self._promised: tuple[str, int] | None = None
+        self._other_contact = -math.inf
+        self._release: tuple[str, int, str] | None = None
         self._leader_since = self._started_at
         self._lease: Lease | None = None
         self._pre_votes: set[str] | None = None
@@ -486,8 +497,10 @@ class Node:
             # node may have acknowledged one before), a vote request changes
             # nothing, not even the term (RAFT thesis 4.2.3): a node back from
             # a partition cannot depose a healthy leader. A transfer's request
-            # passes once the start window is over: the leader sent it.
-            if self._in_start_window() or (not req.transfer and self._hears_leader()):
+            # passes once the start window is over, if the leader this node
+            # promised named that candidate itself.
+            released = req.transfer and self._released_for(req)
+            if self._in_start_window() or (self._hears_leader() and not released):
                 resp = VoteResponse(self._term, False, self._id)
                 self._send(self._rpc.send_vote_response, req.candidate, resp)
                 return
@@ -558,7 +571,13 @@ class Node:
         if not self._tx:
             return
         now = self._monotonic()
+        if self._promised != (hb.leader, hb.term):
+            if self._last_contact is not None:
+                self._other_contact = self._last_contact
+            self._promised = (hb.leader, hb.term)
         self._last_contact = now
+        if hb.transfer_to:
+            self._release = (hb.leader, hb.term, hb.transfer_to)
         self._pre_votes = None
         if self._transfer is not None and hb.term > self._transfer.term:
             self._end_transfer(hb.leader)
@@ -596,15 +615,16 @@ class Node:
     # checks again before it acts.
 
     def _in_start_window(self) -> bool:
-        """Whether this node started less than a minimum election timeout ago:
-        it may have acknowledged a leader just before a restart."""
-        return self._monotonic() - self._started_at < self._window
+        """Whether this node started less than a minimum election timeout ago
+        (its earlier self's, if that was longer): it may have acknowledged a
+        leader just before a restart."""
+        return self._monotonic() - self._started_at < self._start_window
 
     def _quiet_until(self) -> float:
         """Until when this node grants no vote and campaigns not: its promise
         to the last leader it heard, and its start window."""
         contact = self._last_contact if self._last_contact is not None else -math.inf
-        return max(self._started_at, contact) + self._window
+        return max(self._started_at + self._start_window, contact + self._window)
 
     def _hears_leader(self) -> bool:
         """Whether a live leader was heard within the minimum election timeout
@@ -613,6 +633,19 @@ class Node:
         if self._state is State.LEADER:
             return self._lease is not None and self._lease.holds(now)
         return now < self._quiet_until()
+
+    def _released_for(self, req: VoteRequest) -> bool:
+        """Whether every promise this node still keeps was made to a leader
+        that handed over to C{req}'s candidate, for C{req}'s term."""
+        if self._monotonic() < self._other_contact + self._window:
+            return False
+        release = self._release
+        return (
+            release is not None
+            and self._promised == release[:2]
+            and release[2] == req.candidate
+            and req.term == release[1] + 1
+        )
 
     def _answer_pre_vote(self, req: VoteRequest) -> None:
         grant = (
@@ -910,12 +943,18 @@ class Node:
 
     def _persist(self, term: int, vote: str) -> bool:
         try:
-            self._store.save(PersistentState(term, vote, self._id))
+            self._store.save(PersistentState(term, vote, self._id, self._promise_us()))
         except LogAccessError as e:
             self.log.error("node {node}: {error}", node=self._id, error=str(e))
             self._report_error(e)
             return False
         return True
+
+    def _promise_us(self) -> int:
+        """The longest promise this node may still keep, for its state file."""
+        if self._in_start_window():
+            return max(self._window_us, int(self._start_window * 1e6))
+        return self._window_us
 
     def _send(self, method: Callable[..., object], *args: object) -> None:
         try:
@@ -1087,9 +1126,12 @@ def new(
     store = StateFile(log_path)
     saved = store.load()
     node_id = owner_id(saved, node_id, log_path)
-    if saved.node_id != node_id:
-        # From its first start, the file names its node: a restart keeps the id.
-        store.save(PersistentState(saved.term, saved.voted_for, node_id))
+    window_us = int(timing.election_timeout_min * 1e6)
+    if saved.node_id != node_id or saved.window_us < window_us:
+        # From its first start, the file names its node (a restart keeps the
+        # id) and the longest promise it may keep.
+        promise = max(saved.window_us, window_us)
+        store.save(PersistentState(saved.term, saved.voted_for, node_id, promise))
     node = Node(
         info,
         handler,

@@ -3,8 +3,11 @@
 The file holds C{{"SHA": <base64>, "Data": <base64>}}: Data is the JSON
 C{{"CurrentTerm": <int>, "VotedFor": "<id>"}} and SHA is the SHA-1 of those
 bytes. graft_tx adds C{"NodeID"} to Data, the id of the node that owns the
-file, so that a restarted node keeps its identity; Go graft's decoder skips
-the unknown key, and a file without it (Go's) is read as having no id.
+file, so that a restarted node keeps its identity, and C{"WindowUs"}, the
+longest promise (minimum election timeout, in microseconds) the node may
+still be keeping, so that a restart with shorter timings keeps it; Go
+graft's decoder skips unknown keys, and a file without them (Go's) is read
+as having no id and no promise.
 Old graft releases wrote the Data bytes followed by the SHA-1 of nothing in
 place of the digest; such files are read too.
 
@@ -34,12 +37,14 @@ _GO_ESCAPES = {ord(c): f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"}
 
 @dataclass(frozen=True)
 class PersistentState:
-    """What a node must never forget: its term, its vote in that term, and
-    its own id (C{""}: none recorded yet)."""
+    """What a node must never forget: its term, its vote in that term, its
+    own id (C{""}: none recorded yet) and the longest promise it may still
+    keep, in microseconds (0: none recorded)."""
 
     term: int = 0
     voted_for: str = ""
     node_id: str = ""
+    window_us: int = 0
 
 
 def encode_state(state: PersistentState) -> bytes:
@@ -50,6 +55,8 @@ def encode_state(state: PersistentState) -> bytes:
     fields: dict[str, object] = {"CurrentTerm": state.term, "VotedFor": state.voted_for}
     if state.node_id:
         fields["NodeID"] = state.node_id
+    if state.window_us:
+        fields["WindowUs"] = state.window_us
     text = json.dumps(
         fields,
         separators=(",", ":"),
@@ -122,7 +129,12 @@ def decode_state(content: bytes, path: str) -> PersistentState | None:
     except MessageError:
         raise LogCorruptError(path, f"NodeID {node_id!r} is not a node id") from None
     assert isinstance(node_id, str)
-    return PersistentState(term, vote, node_id)
+    window = _field(fields, "WindowUs")
+    if window is None:
+        window = 0
+    if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window <= MAX_TERM:
+        raise LogCorruptError(path, f"WindowUs {window!r} is not a number of microseconds")
+    return PersistentState(term, vote, node_id, window)
 
 
 class StateFile:

@@ -102,8 +102,8 @@ def test_a_go_graft_file_gets_the_id_and_stays_readable_by_go(tmp_path: Path) ->
     assert (node.current_term, node.current_vote) == (7, "x")
     envelope = json.loads(path.read_bytes())
     data = json.loads(base64.b64decode(envelope["Data"]))
-    # Go's encoding/json skips the unknown NodeID key and reads the rest.
-    assert data == {"CurrentTerm": 7, "VotedFor": "x", "NodeID": "alpha"}
+    # Go's encoding/json skips the unknown keys and reads the rest.
+    assert data == {"CurrentTerm": 7, "VotedFor": "x", "NodeID": "alpha", "WindowUs": 500_000}
     result_of(node.close())
 
 
@@ -160,6 +160,28 @@ def test_a_follower_restarted_without_an_id_does_not_count_twice(
     (leader,) = net.leaders()
     assert leader in rest
     net.close()
+
+
+def test_a_restart_with_shorter_timings_keeps_the_old_promise(tmp_path: Path) -> None:
+    """A node restarted with a shorter minimum timeout refuses votes for its old one first:
+    its earlier self may have promised that long. Its file then records the new one."""
+    path = tmp_path / "s"
+    first = make(path, ME, timing=FIXED)
+    result_of(first.close())
+    assert StateFile(str(path)).load().window_us == 1_000_000
+    clock = Clock()
+    rpc = RecordingRpc()
+    short = Timing(0.2, 0.4, 0.05)
+    graft_tx.new(INFO, RecordingHandler(), rpc, str(path), clock=clock, timing=short, node_id=ME)
+    node = rpc.node
+    assert node is not None
+    clock.advance(0.5)
+    node.handle_vote_request(VoteRequest(1, "c"))
+    assert rpc.vote_responses[-1] == ("c", VoteResponse(0, False, ME))
+    clock.advance(0.5)
+    node.handle_vote_request(VoteRequest(1, "c"))
+    assert rpc.vote_responses[-1] == ("c", VoteResponse(1, True, ME))
+    assert StateFile(str(path)).load() == PersistentState(1, "c", ME, 200_000)
 
 
 # -- 2. every safety decision on the monotonic clock -----------------------------

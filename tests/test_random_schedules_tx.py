@@ -11,7 +11,7 @@ change the loss rate, freeze a node's process (shorter than a lease, about as
 long, or longer than any election timeout) or suspend its host, step its wall
 clock forward or back, and inject messages from strangers (absurd terms,
 terms just past the jump limit, a second leader of the current term, vote
-requests, higher-term answers).
+requests, higher-term answers, hand-overs to members).
 
 Every node runs on a host of its own. A host's clocks run at a rate within
 L{RATE} of real time (in some schedules), its wall clock (the reactor's,
@@ -376,6 +376,9 @@ class Simulation:
         # shortest promise (README): on the slow network, no fast timings.
         choices = [t for t in TIMINGS if 0.95 * t.election_timeout_min > 0.1 + 2 * slowest]
         self.timings = {slot: self.rng.choice(choices) if mixed else TIMING for slot in self.ids}
+        # With mixed timings, a restart may come with new ones (an operator's
+        # rolling change).
+        self.retime = choices if mixed else []
         if mixed:
             # The slowest often leads, by priority: its own lease would be the longest.
             slowest_slot = max(self.ids, key=lambda s: self.timings[s].election_timeout_min)
@@ -643,6 +646,8 @@ class Simulation:
             if priority == 0 and others < self.quorum:
                 priority = self.rng.choice((1, 2))
         self.priorities[slot] = priority
+        if self.retime and self.rng.random() < 0.5:
+            self.timings[slot] = self.rng.choice(self.retime)
         if fresh:
             # Its votes and terms went with the file.
             for node_id, owner in self.slot_of.items():
@@ -650,7 +655,11 @@ class Simulation:
                     self.ledger.forget(node_id)
         node = self.start(slot, fresh=fresh)
         lost = " without its state file" if fresh else ""
-        self.record(f"restart {slot}{lost} as {node.id} with priority {priority}")
+        timing = self.timings[slot]
+        self.record(
+            f"restart {slot}{lost} as {node.id} with priority {priority}, timeouts "
+            f"{timing.election_timeout_min}-{timing.election_timeout_max}s"
+        )
 
     def freeze(self, slot: str, seconds: float, suspend: bool = False) -> None:
         node = self.nodes[slot]
@@ -899,7 +908,7 @@ class Simulation:
         stranger = rng.choice(STRANGERS)
         base = min(max(node.current_term for node in self.nodes.values()), MAX_TERM - 3)
         target = rng.choice([n.id for n in self.nodes.values()])
-        kind = rng.randrange(6)
+        kind = rng.randrange(8)
         message: Message
         if kind == 0:
             message = Heartbeat(MAX_TERM, stranger, 1, rng.choice(("", target)))
@@ -912,10 +921,15 @@ class Simulation:
             message = VoteRequest(base + rng.randint(1, 3), stranger, pre_vote=rng.random() < 0.5)
         elif kind == 4:
             message = Heartbeat(base + rng.randint(1, 2), stranger, 1)
-        else:
+        elif kind == 5:
             message = rng.choice(
                 (VoteResponse(MAX_TERM, False, stranger), HeartbeatAck(base + 1, stranger, 1))
             )
+        elif kind == 6:
+            # A hand-over, in a term the nodes accept, to a member.
+            message = Heartbeat(base + rng.randint(0, 1), stranger, 1, target)
+        else:
+            message = VoteRequest(base + rng.randint(1, 2), stranger, transfer=True)
         self.record(f"inject {message}")
         for door in list(self.doors.values()):
             handle = {
@@ -1089,6 +1103,9 @@ class Drill(Simulation):
       - C{reboot}: of three, one follower loses the leader; the other, which
         still hears both, restarts at once and loses the leader too (the
         restart window: it must not vote before its old promise ran out);
+      - C{retime}: as C{reboot}, with a leader and a follower on 1-2s
+        timeouts, the third on 0.3-0.6s, and the follower restarting on
+        0.3-0.6s (the promise its state file records);
       - C{wall}: of three, one follower loses the leader; the other, which
         still hears both, has its wall clock step ahead (monotonic decisions:
         it must not campaign while its promise holds);
@@ -1097,7 +1114,7 @@ class Drill(Simulation):
         in acknowledgements).
     """
 
-    KINDS = ("drift", "restart", "reboot", "wall", "promise")
+    KINDS = ("drift", "restart", "reboot", "retime", "wall", "promise")
 
     def __init__(self, kind: str, seed: int, directory: Path) -> None:
         size = 5 if kind == "restart" else 3
@@ -1110,18 +1127,30 @@ class Drill(Simulation):
         if kind == "promise":
             self.timings = dict.fromkeys(self.ids, TIMINGS[1])
             self.timings["n0"] = TIMINGS[2]
+        if kind == "retime":
+            self.timings = {"n0": TIMINGS[2], "n1": TIMINGS[2], "n2": TIMINGS[1]}
         self.history[0] = f"drill {kind}: size {size}, latency (0, {latency}), no loss"
 
     def play(self) -> None:
         for _ in range(self.rng.randint(3, 6)):
             self.wait_for(lambda: self.agreed_leader() is not None, SETTLE, "a leader")
             if self.kind == "promise":
-                self.hand_to_n0()
+                self.hand_to("n0")
+            elif self.kind == "retime":
+                for slot in ("n0", "n1"):
+                    if self.timings[slot] != TIMINGS[2]:
+                        self.timings[slot] = TIMINGS[2]
+                        self.crash(slot)
+                        self.restart(slot, priority=1)
+                        self.wait_for(self.all_follow, SETTLE, "the cluster back")
+                self.hand_to(self.rng.choice(("n0", "n1")))
             agreed = self.agreed_leader()
             assert agreed is not None
             leader = self.slot_of[agreed[0]]
             others = [s for s in self.ids if s != leader]
             follower = self.rng.choice(others)
+            if self.kind == "retime":
+                follower = next(s for s in others if s != "n2")
             if self.kind == "drift":
                 for slot in self.ids:
                     self.hosts[slot].set_rate(1 - RATE if slot == leader else 1 + RATE, self.now)
@@ -1131,11 +1160,13 @@ class Drill(Simulation):
                 self.advance(self.rng.uniform(0.1, 0.45), "the follower acks the cut-off leader")
                 self.crash(follower)
                 self.restart(follower, fresh=True, priority=1)
-            elif self.kind == "reboot":
+            elif self.kind in ("reboot", "retime"):
                 third = next(s for s in others if s != follower)
                 self.split([leader], [third])
                 self.advance(self.rng.uniform(0.5, 1.0), "the third stops hearing the leader")
                 self.crash(follower)
+                if self.kind == "retime":
+                    self.timings[follower] = TIMINGS[1]
                 self.restart(follower, priority=1)
                 self.split([leader], [follower])
             elif self.kind == "wall":
@@ -1154,24 +1185,30 @@ class Drill(Simulation):
             self.advance(2.0, "healed")
         self.settle()
 
-    def hand_to_n0(self) -> None:
-        """Make n0, the node on slow timings, the leader."""
+    def all_follow(self) -> bool:
+        return self.agreed_leader() is not None
+
+    def hand_to(self, slot: str) -> None:
+        """Make C{slot} the leader."""
+        self.wait_for(self.all_follow, SETTLE, "a leader")
         agreed = self.agreed_leader()
         assert agreed is not None
-        n0 = self.nodes["n0"]
-        if agreed[0] == n0.id:
+        target = self.nodes[slot]
+        if agreed[0] == target.id:
             return
         leader = self.nodes[self.slot_of[agreed[0]]]
 
         def heard() -> bool:
             lease = leader._lease
-            return lease is not None and n0.id in lease.acked
+            return leader.is_leader() and lease is not None and target.id in lease.acked
 
-        # n0 acknowledges nothing for a while after its first start.
-        self.wait_for(heard, SETTLE, "the leader hearing n0")
-        self.record(f"transfer from {leader.id} to {n0.id}")
-        self.transfer(self.slot_of[leader.id], n0.id)
-        self.wait_for(lambda: self.agreed_leader() == (n0.id, n0.current_term), SETTLE, "n0")
+        # A node acknowledges nothing for a while after its first start.
+        self.wait_for(heard, SETTLE, f"the leader hearing {slot}")
+        self.record(f"transfer from {leader.id} to {target.id}")
+        self.transfer(self.slot_of[leader.id], target.id)
+        self.wait_for(
+            lambda: self.agreed_leader() == (target.id, target.current_term), SETTLE, slot
+        )
 
 
 def _network_node(directory: Path) -> tuple[graft_tx.Node, _PausableRpc]:
@@ -1364,7 +1401,7 @@ def test_a_node_whose_term_ran_ahead_rejoins_the_cluster(tmp_path: Path) -> None
 
 def _without_stickiness(m: pytest.MonkeyPatch) -> None:
     # A follower no longer refuses others for a while after hearing a leader.
-    m.setattr(graft_tx.Node, "_quiet_until", lambda self: self._started_at + self._window)
+    m.setattr(graft_tx.Node, "_quiet_until", lambda self: self._started_at + self._start_window)
 
 
 def _without_restart_window(m: pytest.MonkeyPatch) -> None:
@@ -1425,7 +1462,7 @@ def _hears_leader_on_monotonic(self: graft_tx.Node) -> bool:
     if self._state is State.LEADER:
         return self._lease is not None and self._lease.holds(now)
     contact = self._last_contact if self._last_contact is not None else -math.inf
-    return now < max(self._started_at, contact) + self._window
+    return now < max(self._started_at + self._start_window, contact + self._window)
 
 
 def _without_suspend_counting(m: pytest.MonkeyPatch) -> None:
@@ -1440,6 +1477,22 @@ def _without_promise_windows(m: pytest.MonkeyPatch) -> None:
         handle(self, HeartbeatAck(ack.term, ack.follower, ack.seq, ack.priority))
 
     m.setattr(graft_tx.Node, "handle_heartbeat_ack", blind)
+
+
+def _without_named_releases(m: pytest.MonkeyPatch) -> None:
+    # Any transfer's vote request passes every promise, as it once did.
+    m.setattr(graft_tx.Node, "_released_for", lambda self, req: True)
+
+
+def _without_recorded_promise(m: pytest.MonkeyPatch) -> None:
+    # A restart forgets how long its earlier self promised.
+    load = StateFile.load
+
+    def forgetful(self: StateFile) -> PersistentState:
+        state = load(self)
+        return PersistentState(state.term, state.voted_for, state.node_id)
+
+    m.setattr(StateFile, "load", forgetful)
 
 
 def _without_term_jump_limit(m: pytest.MonkeyPatch) -> None:
@@ -1468,6 +1521,13 @@ PROTECTIONS = [
         100,
     ),
     ("term jump limit", _without_term_jump_limit, Simulation, 2000),
+    (
+        "promise recorded in the state file",
+        _without_recorded_promise,
+        functools.partial(Drill, "retime"),
+        100,
+    ),
+    ("hand-overs release only their own promise", _without_named_releases, Simulation, 2000),
 ]
 
 

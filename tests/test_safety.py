@@ -321,14 +321,41 @@ def test_vote_refused_without_adopting_term_just_after_start(tmp_path: Path) -> 
 
 
 def test_transfer_vote_granted_despite_stickiness(tmp_path: Path) -> None:
-    """A vote request marked transfer=True is granted just after a heartbeat."""
+    """A transfer's vote request is granted just after a heartbeat of the leader that named
+    that candidate: the leader released this node's promise for it."""
     u = unit(tmp_path)
     u.clock.advance(1.25)
     u.node.handle_heartbeat(Heartbeat(2, "L", 1))
+    u.node.handle_heartbeat(Heartbeat(2, "L", 0, "t"))
     u.node.handle_vote_request(VoteRequest(3, "t", transfer=True))
     assert u.rpc.vote_responses == [("t", VoteResponse(3, True, ME))]
     assert u.memory() == (3, "t", F)
     assert u.on_disk() == PersistentState(3, "t")
+
+
+@pytest.mark.parametrize(
+    "named",
+    [
+        pytest.param(None, id="nobody-named-it"),
+        pytest.param(Heartbeat(2, "L", 0, "u"), id="another-named"),
+        pytest.param(Heartbeat(3, "x", 0, "t"), id="a-stranger-named-it"),
+        pytest.param(Heartbeat(1, "L", 0, "t"), id="an-older-term"),
+    ],
+)
+def test_transfer_vote_refused_while_a_promise_holds_that_did_not_name_it(
+    tmp_path: Path, named: Heartbeat | None
+) -> None:
+    """A transfer request passes only a promise whose leader named the candidate for that term:
+    a stranger's hand-over to a member cannot get it elected during the leader's lease."""
+    u = unit(tmp_path)
+    u.clock.advance(1.25)
+    u.node.handle_heartbeat(Heartbeat(2, "L", 1))
+    if named is not None:
+        u.node.handle_heartbeat(named)
+    term = u.node.current_term
+    u.node.handle_vote_request(VoteRequest(term + 1, "t", transfer=True))
+    assert u.rpc.last_response() == VoteResponse(term, False, ME)
+    assert u.node.current_term == term
 
 
 # -- leader lease --------------------------------------------------------------

@@ -57,6 +57,13 @@ def write(path: Path, content: bytes) -> Path:
 # -- round trip and format ---------------------------------------------------
 
 
+def test_round_trip_with_id_and_promise(tmp_path: Path) -> None:
+    """A node id and a promise window saved to the file load back unchanged."""
+    store = StateFile(str(tmp_path / "state"))
+    store.save(PersistentState(9, "b", "a", 1_500_000))
+    assert StateFile(str(tmp_path / "state")).load() == PersistentState(9, "b", "a", 1_500_000)
+
+
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -214,6 +221,11 @@ CORRUPT = {
     "term a fraction": envelope(b'{"CurrentTerm":1.5,"VotedFor":"a"}'),
     "term a bool": envelope(b'{"CurrentTerm":true,"VotedFor":"a"}'),
     "VotedFor a number": envelope(b'{"CurrentTerm":5,"VotedFor":7}'),
+    "NodeID a number": envelope(b'{"CurrentTerm":5,"VotedFor":"a","NodeID":7}'),
+    "NodeID not printable": envelope(b'{"CurrentTerm":5,"VotedFor":"a","NodeID":"a\\nb"}'),
+    "WindowUs negative": envelope(b'{"CurrentTerm":5,"VotedFor":"a","WindowUs":-1}'),
+    "WindowUs a string": envelope(b'{"CurrentTerm":5,"VotedFor":"a","WindowUs":"5"}'),
+    "WindowUs a bool": envelope(b'{"CurrentTerm":5,"VotedFor":"a","WindowUs":true}'),
     "whitespace only": b"  \n\t  \n",
 }
 
@@ -305,7 +317,7 @@ def test_close_keeps_file(tmp_path: Path) -> None:
     node.handle_vote_request(VoteRequest(2, "peer"))
     node.close()
     assert path.exists()
-    assert StateFile(str(path)).load() == PersistentState(2, "peer", node.id)
+    assert StateFile(str(path)).load() == PersistentState(2, "peer", node.id, 500_000)
 
 
 # -- write failures and atomicity -------------------------------------------
