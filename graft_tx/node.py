@@ -126,9 +126,10 @@ class _Transfer:
     target: str
     term: int
     timer: IDelayedCall
-    # The hand-over heartbeat goes out again every heartbeat interval, for
-    # as long as the old lease would have lasted: one lost copy must not cost
-    # a full election. Monotonic times of the first and the latest copy.
+    # The hand-over heartbeat goes out again every heartbeat interval while
+    # the transfer lasts: one lost copy, or a target still in its start
+    # window, must not cost a full election. Monotonic times of the first
+    # and the latest copy.
     started: float
     sent: float
     repeat: IDelayedCall | None = None
@@ -371,9 +372,7 @@ class Node:
             # A newer term: the target campaigned (its heartbeat ends the transfer).
             or self._term != transfer.term
             or self._leader
-            # Followers take each copy for a live leader: never past the old
-            # lease, and never after a pause, which a leader would not survive.
-            or now - transfer.started >= self._window
+            # Never after a pause, which a leader would not have survived.
             or now - transfer.sent > 2 * self._timing.heartbeat_interval
         ):
             return
@@ -499,7 +498,7 @@ class Node:
             # a partition cannot depose a healthy leader. A transfer's request
             # passes once the start window is over, if the leader this node
             # promised named that candidate itself.
-            released = req.transfer and self._released_for(req)
+            released = req.transfer and self._released_for(req.candidate, req.term)
             if self._in_start_window() or (self._hears_leader() and not released):
                 resp = VoteResponse(self._term, False, self._id)
                 self._send(self._rpc.send_vote_response, req.candidate, resp)
@@ -587,7 +586,13 @@ class Node:
             del self._backoffs[hb.leader]
         if now >= self._acks_from:
             self._ack(hb.leader, hb.seq)
-        if hb.transfer_to == self._id and self._priority > 0:
+        # The target votes for itself too: only if its promises allow it.
+        if (
+            hb.transfer_to == self._id
+            and self._priority > 0
+            and not self._in_start_window()
+            and self._released_for(self._id, self._term + 1)
+        ):
             self._campaign(transfer=True)
 
     def _ack(self, leader: str, seq: int) -> None:
@@ -634,17 +639,17 @@ class Node:
             return self._lease is not None and self._lease.holds(now)
         return now < self._quiet_until()
 
-    def _released_for(self, req: VoteRequest) -> bool:
+    def _released_for(self, candidate: str, term: int) -> bool:
         """Whether every promise this node still keeps was made to a leader
-        that handed over to C{req}'s candidate, for C{req}'s term."""
+        that handed over to C{candidate}, for C{term}."""
         if self._monotonic() < self._other_contact + self._window:
             return False
         release = self._release
         return (
             release is not None
             and self._promised == release[:2]
-            and release[2] == req.candidate
-            and req.term == release[1] + 1
+            and release[2] == candidate
+            and term == release[1] + 1
         )
 
     def _answer_pre_vote(self, req: VoteRequest) -> None:

@@ -349,7 +349,10 @@ def test_a_node_at_the_last_term_neither_raises_nor_writes_a_bad_file(
         clock.advance(1.0)
         assert (node.state, node.current_term) == (L, MAX_TERM)
     else:
-        node.handle_heartbeat(Heartbeat(MAX_TERM - 1, "L", 1, ME))
+        clock.advance(0.75)
+        node.handle_heartbeat(Heartbeat(MAX_TERM - 1, "L", 1))
+        clock.advance(0.5)  # past its start window, before its timeout
+        node.handle_heartbeat(Heartbeat(MAX_TERM - 1, "L", 2, ME))
         assert node.current_term == MAX_TERM
     node.handle_heartbeat(Heartbeat(MAX_TERM, "K", 1, ME))
     node.close()
@@ -474,16 +477,28 @@ def test_the_hand_over_heartbeat_is_repeated_until_the_target_leads(tmp_path: Pa
     assert handovers() == 3
 
 
-def test_the_hand_over_is_repeated_no_longer_than_the_old_lease(tmp_path: Path) -> None:
-    """Without an answer, the copies stop after a minimum election timeout."""
+def test_a_target_in_its_start_window_takes_over_at_a_later_copy(tmp_path: Path) -> None:
+    """A target named while in its start window does not vote for itself then; a copy of the
+    hand-over after its window makes it campaign."""
+    u = unit(tmp_path, saved=PersistentState(2, ""))
+    u.node.handle_heartbeat(Heartbeat(2, "L", 1))
+    u.node.handle_heartbeat(Heartbeat(2, "L", 0, ME))
+    assert [r for r in u.rpc.vote_requests if r.transfer] == []
+    u.clock.advance(FIXED.election_timeout_min)
+    u.node.handle_heartbeat(Heartbeat(2, "L", 0, ME))
+    assert [r for r in u.rpc.vote_requests if r.transfer] == [VoteRequest(3, ME, transfer=True)]
+
+
+def test_the_hand_over_is_repeated_until_the_transfer_times_out(tmp_path: Path) -> None:
+    """Without an answer, the copies stop when the transfer fails."""
     u = unit(tmp_path)
     lead(u, ("a",))
     u.node.transfer_leadership("a").addErrback(lambda _: None)
-    for _ in range(5):
+    for _ in range(8):
         u.clock.advance(FIXED.heartbeat_interval)
     repeats = [hb for hb in u.rpc.heartbeats if hb.transfer_to == "a"]
-    # At 0, 0.25, 0.5 and 0.75 s: none at 1.0 s, when the old lease would have ended.
-    assert len(repeats) == 4
+    # At 0, 0.25, 0.5, 0.75 and 1.0 s; the transfer fails at 1.25 s.
+    assert len(repeats) == 5
 
 
 # -- 10. smaller ---------------------------------------------------------------

@@ -586,9 +586,11 @@ def test_step_down_skips_followers_that_never_lead(tmp_path: Path) -> None:
 def test_transfer_target_campaigns_at_once_without_pre_vote(tmp_path: Path) -> None:
     """A follower named in a heartbeat's transfer_to acks it and campaigns with transfer=True."""
     u = unit(tmp_path, position=b"pos")
-    u.clock.advance(0.25)
+    u.clock.advance(0.75)
     u.node.handle_heartbeat(Heartbeat(3, "L", 4, transfer_to="other"))
     assert u.memory() == (3, "", F)
+    # Past its start window (it may not vote for itself in it), before its timeout.
+    u.clock.advance(0.5)
     u.node.handle_heartbeat(Heartbeat(3, "L", 5, transfer_to=ME))
     assert u.rpc.acks == [("L", HeartbeatAck(3, ME, 4, 1, W)), ("L", HeartbeatAck(3, ME, 5, 1, W))]
     assert u.rpc.vote_requests == [VoteRequest(4, ME, b"pos", transfer=True)]
