@@ -201,7 +201,8 @@ class Node:
         # The promise a follower makes with each acknowledgement: no vote for
         # anyone else for this long after it heard the leader.
         self._window = timing.election_timeout_min
-        self._window_us = int(self._window * 1e6)
+        # (Clamped to what the wire carries: timings have no upper bound.)
+        self._window_us = min(int(self._window * 1e6), MAX_TERM)
         # A restart with shorter timings still keeps the promises its earlier
         # self made: the state file records the longest, for the start window.
         self._start_window = max(self._window, saved.window_us / 1e6)
@@ -1131,7 +1132,7 @@ def new(
     store = StateFile(log_path)
     saved = store.load()
     node_id = owner_id(saved, node_id, log_path)
-    window_us = int(timing.election_timeout_min * 1e6)
+    window_us = min(int(timing.election_timeout_min * 1e6), MAX_TERM)
     if saved.node_id != node_id or saved.window_us < window_us:
         # From its first start, the file names its node (a restart keeps the
         # id) and the longest promise it may keep.

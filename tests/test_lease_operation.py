@@ -14,6 +14,7 @@ import base64
 import json
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 from fakes import Lowest, RecordingHandler, RecordingRpc, failure_of, fired, result_of
@@ -182,6 +183,18 @@ def test_a_restart_with_shorter_timings_keeps_the_old_promise(tmp_path: Path) ->
     node.handle_vote_request(VoteRequest(1, "c"))
     assert rpc.vote_responses[-1] == ("c", VoteResponse(1, True, ME))
     assert StateFile(str(path)).load() == PersistentState(1, "c", ME, 200_000)
+
+
+def test_an_absurdly_long_timeout_still_fits_the_ack(tmp_path: Path) -> None:
+    """A minimum timeout whose microseconds overflow 64 bits acks with the largest promise."""
+    path = tmp_path / "s"
+    huge = Timing(2e13, 3e13, 0.1)
+    result_of(make(path, ME, timing=huge).close())
+    node = make(path, ME, timing=huge)
+    rpc = cast(RecordingRpc, node._rpc)
+    node.handle_heartbeat(Heartbeat(1, "L", 1))
+    assert rpc.acks == [("L", HeartbeatAck(1, ME, 1, 1, MAX_TERM))]
+    result_of(node.close())
 
 
 # -- 2. every safety decision on the monotonic clock -----------------------------
