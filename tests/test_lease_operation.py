@@ -232,6 +232,41 @@ def test_a_wall_clock_step_does_not_start_an_early_campaign(tmp_path: Path) -> N
     assert rpc.vote_requests == [VoteRequest(2, ME, pre_vote=True)]
 
 
+def test_a_wait_below_the_clock_s_resolution_does_not_spin(tmp_path: Path) -> None:
+    """An election timer that fires a hair before the steady clock agrees waits at least
+    a millisecond, instead of firing again and again at the same instant."""
+    wall = Clock()
+    wall.advance(1e6)
+    reads = [0]
+
+    def steady() -> float:
+        # A hair slower than the wall clock: after 1s, less behind than the
+        # wall clock's float resolution at 1e6.
+        reads[0] += 1
+        if reads[0] > 10_000:
+            raise AssertionError("the election timer spins")
+        return (wall.seconds() - 1e6) * (1 - 1e-12)
+
+    rpc = RecordingRpc()
+    path = str(tmp_path / "s")
+    StateFile(path).save(PersistentState(0, "", ME))
+    graft_tx.new(
+        INFO,
+        RecordingHandler(),
+        rpc,
+        path,
+        clock=wall,
+        monotonic=steady,
+        timing=FIXED,
+        node_id=ME,
+        rng=Lowest(),
+    )
+    wall.advance(1.0)
+    assert rpc.vote_requests == []
+    wall.advance(0.001)
+    assert rpc.vote_requests == [VoteRequest(1, ME, pre_vote=True)]
+
+
 def test_the_default_steady_clock_counts_a_suspended_host(monkeypatch: pytest.MonkeyPatch) -> None:
     """steady_clock() reads CLOCK_BOOTTIME where the platform has it, not time.monotonic."""
     boottime = getattr(time, "CLOCK_BOOTTIME", None)
