@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -200,9 +201,9 @@ def test_an_absurdly_long_timeout_still_fits_the_ack(tmp_path: Path) -> None:
 # -- 2. every safety decision on the monotonic clock -----------------------------
 
 
-def test_a_wall_clock_step_does_not_start_an_early_campaign(tmp_path: Path) -> None:
-    """A follower whose wall clock jumps ahead waits out its promise on the monotonic clock."""
-    wall, steady = Clock(), Clock()
+def restarted_on(tmp_path: Path, wall: Clock, steady: Callable[[], float]) -> RecordingRpc:
+    """A node "me" that ran before (its id recorded) scheduling on C{wall} and
+    deciding on C{steady}, with exact 1s election timeouts; its transport."""
     rpc = RecordingRpc()
     path = str(tmp_path / "s")
     StateFile(path).save(PersistentState(0, "", ME))
@@ -212,11 +213,18 @@ def test_a_wall_clock_step_does_not_start_an_early_campaign(tmp_path: Path) -> N
         rpc,
         path,
         clock=wall,
-        monotonic=steady.seconds,
+        monotonic=steady,
         timing=FIXED,
         node_id=ME,
         rng=Lowest(),
     )
+    return rpc
+
+
+def test_a_wall_clock_step_does_not_start_an_early_campaign(tmp_path: Path) -> None:
+    """A follower whose wall clock jumps ahead waits out its promise on the monotonic clock."""
+    wall, steady = Clock(), Clock()
+    rpc = restarted_on(tmp_path, wall, steady.seconds)
     for clock in (steady, wall):
         clock.advance(0.75)
     rpc.node.handle_heartbeat(Heartbeat(1, "L", 1))  # type: ignore[union-attr]
@@ -247,20 +255,7 @@ def test_a_wait_below_the_clock_s_resolution_does_not_spin(tmp_path: Path) -> No
             raise AssertionError("the election timer spins")
         return (wall.seconds() - 1e6) * (1 - 1e-12)
 
-    rpc = RecordingRpc()
-    path = str(tmp_path / "s")
-    StateFile(path).save(PersistentState(0, "", ME))
-    graft_tx.new(
-        INFO,
-        RecordingHandler(),
-        rpc,
-        path,
-        clock=wall,
-        monotonic=steady,
-        timing=FIXED,
-        node_id=ME,
-        rng=Lowest(),
-    )
+    rpc = restarted_on(tmp_path, wall, steady)
     wall.advance(1.0)
     assert rpc.vote_requests == []
     wall.advance(0.001)
@@ -463,6 +458,19 @@ def test_a_hand_over_to_the_same_follower_backs_off(tmp_path: Path) -> None:
     u.node._back_off("h")
     assert u.node._backoffs["h"].delay == 2 * base
     assert u.node._backoffs["h"].not_before == pytest.approx(u.clock.seconds() + 2 * base)
+
+
+def test_the_back_off_ends_once_the_target_has_led_that_long(tmp_path: Path) -> None:
+    """Following the target as leader for the whole back-off clears it; less does not."""
+    u = unit(tmp_path, saved=PersistentState(1, ""))
+    u.node._back_off("h")
+    delay = u.node._backoffs["h"].delay
+    u.node.handle_heartbeat(Heartbeat(1, "h", 1))
+    for seq in range(2, 2 + int(delay / FIXED.heartbeat_interval)):
+        u.clock.advance(FIXED.heartbeat_interval)
+        assert "h" in u.node._backoffs
+        u.node.handle_heartbeat(Heartbeat(1, "h", seq))
+    assert "h" not in u.node._backoffs
 
 
 # -- 6. a second transfer does not drop the first --------------------------------
