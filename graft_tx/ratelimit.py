@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+# Longest text from a peer that a log line quotes.
+QUOTE_LIMIT = 200
+
+
+def escape(text: object, limit: int = QUOTE_LIMIT) -> str:
+    """C{text} as a log line may quote it: control and other unprintable
+    characters escaped, cut to C{limit} characters."""
+    text = str(text)
+    cut = text[:limit]
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    return shown + ("..." if len(text) > limit else "")
+
+
+@dataclass
+class _Budget:
+    window_start: float = float("-inf")
+    in_window: int = 0
+    suppressed: int = 0
+
 
 class RateLimitedLog:
-    """Logs at most C{burst} warnings per C{period} seconds, then counts.
+    """Logs at most C{burst} warnings of each kind per C{period} seconds, then counts.
 
-    When a new period starts after some were held back, the next warning
-    says how many were. C{dropped} counts every warning, logged or not.
+    A kind is a warning's format: one kind of noise cannot use up the
+    budget of another and hide it. The first warning after a kind's period
+    ended, of whatever kind, is preceded by how many of that kind were held
+    back. C{dropped} counts every warning, logged or not.
     """
 
     def __init__(
@@ -22,24 +44,30 @@ class RateLimitedLog:
         self._clock = clock
         self._burst = burst
         self._period = period
-        self._window_start = float("-inf")
-        self._in_window = 0
-        self._suppressed = 0
+        # Keyed by kinds that graft_tx names (never by text from outside):
+        # as many as it has.
+        self._budgets: dict[str, _Budget] = {}
         self.dropped = 0
 
-    def warn(self, format: str, **fields: Any) -> None:
+    def warn(self, format: str, key: str = "", **fields: Any) -> None:
+        """Log, or count, a warning of kind C{key} (default: its format)."""
         self.dropped += 1
         now = self._clock.seconds()
-        if now - self._window_start >= self._period:
-            if self._suppressed:
+        # Held-back counts are told when any warning comes after their period.
+        for kind, budget in self._budgets.items():
+            if budget.suppressed and now - budget.window_start >= self._period:
                 self._log.warn(
-                    "{suppressed} similar warnings were not logged in the last {period}s",
-                    suppressed=self._suppressed,
+                    "{suppressed} similar warnings were not logged in the last {period}s ({kind})",
+                    suppressed=budget.suppressed,
                     period=self._period,
+                    kind=kind,
                 )
-            self._window_start, self._in_window, self._suppressed = now, 0, 0
-        if self._in_window < self._burst:
-            self._in_window += 1
+                budget.suppressed = 0
+        budget = self._budgets.setdefault(key or format, _Budget())
+        if now - budget.window_start >= self._period:
+            budget.window_start, budget.in_window = now, 0
+        if budget.in_window < self._burst:
+            budget.in_window += 1
             self._log.warn(format, **fields)
         else:
-            self._suppressed += 1
+            budget.suppressed += 1

@@ -6,7 +6,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, Logger, LogLevel, formatEvent
 
-from graft_tx.ratelimit import RateLimitedLog
+from graft_tx.ratelimit import RateLimitedLog, escape
 
 
 class Captured:
@@ -159,11 +159,52 @@ def test_defaults_are_ten_per_minute() -> None:
         log.warn("w{i}", i=i)
     assert len(events) == 10
     clock.advance(59.0)
-    log.warn("late")
+    log.warn("w{i}", i="late")
     assert len(events) == 10
     clock.advance(1.0)
     log.warn("next")
     assert [formatEvent(event) for event in events[10:]] == [
-        "16 similar warnings were not logged in the last 60.0s",
+        "16 similar warnings were not logged in the last 60.0s (w{i})",
         "next",
     ]
+
+
+def test_each_kind_has_its_own_budget() -> None:
+    """A flood of one kind of warning does not hide the first warnings of another kind."""
+    captured = Captured(burst=3)
+    captured.warn(100)
+    captured.log.warn("a real peer {peer} refused us", peer="n1")
+    captured.log.warn("a real peer {peer} refused us", peer="n2")
+    assert captured.texts()[3:] == ["a real peer n1 refused us", "a real peer n2 refused us"]
+    assert captured.log.dropped == 102
+
+
+def test_summaries_name_their_kind() -> None:
+    """After the period, the next warning of any kind comes with each kind's held-back count."""
+    captured = Captured(burst=1, period=10.0)
+    captured.warn(4)
+    for _ in range(3):
+        captured.log.warn("other {x}", x=1)
+    captured.clock.advance(10.0)
+    captured.log.warn("third {x}", x=2)
+    assert sorted((e["kind"], e["suppressed"]) for e in captured.summaries()) == [
+        ("bad message {n} from {peer}", 3),
+        ("other {x}", 2),
+    ]
+    assert captured.texts()[-1] == "third 2"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain words", "plain words"),
+        ("bell\x07 and \x1b[31mred", "bell\\x07 and \\x1b[31mred"),
+        ("new\nline\r", "new\\nline\\r"),
+        ("é ü", "é ü"),
+        ("x" * 300, "x" * 200 + "..."),
+        (12, "12"),
+    ],
+)
+def test_escape_shows_peer_text_safely(text: object, shown: str) -> None:
+    """Text from peers reaches the log with control characters escaped and a bounded length."""
+    assert escape(text) == shown

@@ -863,7 +863,9 @@ async def test_bad_lines_are_refused_and_the_node_carries_on(
         assert rpc.invalid_messages == total
         logged = captured.warnings(rpc)
         print(f"\n{total} bad lines, {len(logged)} warnings logged; first: {logged[0]}")
-        assert 1 <= len(logged) <= 10
+        # Ten a minute of each kind: refused in the hello, in auth, after it.
+        assert 1 <= len(logged) < total
+        assert len(logged) <= 3 * 10
         assert snapshot(cluster.running()) == before
         assert sole_leader(cluster.running()) is leader
         assert cluster.fully_connected()
@@ -958,8 +960,8 @@ async def test_silent_peer_is_timed_out(tmp_path: Path, captured: CapturedLog) -
 
 
 @pytest_twisted.ensureDeferred
-async def test_handshake_flood_is_limited(tmp_path: Path, captured: CapturedLog) -> None:
-    """Of 50 silent connections 16 are held and 34 refused at once; the cluster is undisturbed."""
+async def test_handshake_flood_evicts_the_oldest(tmp_path: Path, captured: CapturedLog) -> None:
+    """Of 50 silent connections at most 16 are held: each newcomer evicts the oldest."""
     cluster = Cluster(tmp_path, 3, name="flood", handshake_timeout=2.0)
     raws: list[RawPeer] = []
     try:
@@ -975,26 +977,25 @@ async def test_handshake_flood_is_limited(tmp_path: Path, captured: CapturedLog)
         started = now()
         raws = [await connect_raw(port) for _ in range(50)]
         connected = now() - started
-        await wait_until(lambda: sum(r.closed for r in raws) >= 34, 2, "34 refused")
-        refused_in = now() - started
+        await wait_until(lambda: sum(r.closed for r in raws) >= 34, 2, "34 evicted")
+        evicted_in = now() - started
         await sleep(0.2)
-        assert sum(r.closed for r in raws) == 34
-        assert all(r.closed for r in raws[16:])  # the first 16 are the ones held
+        assert [r.closed for r in raws] == [True] * 34 + [False] * 16
         print(
-            f"\n50 connections in {connected:.2f}s; 34 refused within {refused_in:.2f}s; "
-            "16 held until the handshake timeout"
+            f"\n50 connections in {connected:.2f}s; the 34 oldest evicted within "
+            f"{evicted_in:.2f}s; 16 held until the handshake timeout"
         )
         assert cluster.fully_connected()
         assert sole_leader(cluster.running()) is leader
 
         await wait_until(lambda: all(r.closed for r in raws), 5, "the held ones timed out")
         assert rpc.invalid_messages == 50
-        assert len(captured.warnings(rpc)) <= 10
-        assert captured.warnings(rpc, "handshakes already pending")
+        assert len(captured.warnings(rpc, "to make room")) <= 10
         assert snapshot(cluster.running()) == before
         assert cluster.fully_connected()
 
-        # Room again for a peer that does finish its handshake.
+        # A peer that finishes its handshake gets a slot, full or not.
+        raws = [await connect_raw(port) for _ in range(16)]
         raw = await handshake(port, "flood", 3, "late")
         assert not raw.closed
         raws.append(raw)

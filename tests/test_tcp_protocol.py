@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 from twisted.logger import LogEvent, Logger, LogLevel, formatEvent, globalLogPublisher
@@ -45,7 +46,14 @@ from graft_tx.transport.lines import (
     load,
     new_nonce,
 )
-from graft_tx.transport.tcp import CLIENT, SERVER, PeerProtocol, _Outbound
+from graft_tx.transport.tcp import (
+    CLIENT,
+    HARD_LIMIT_FACTOR,
+    PROVE_WITHIN,
+    SERVER,
+    PeerProtocol,
+    _Outbound,
+)
 
 SECRET = b"the cluster secret"
 MAX_TERM = 2**64 - 1
@@ -83,8 +91,8 @@ class FakeTransport(StringTransportWithDisconnection):
 
     aborted = False
 
-    def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", host, 40000))  # type: ignore[no-untyped-call]
         self.history = b""
 
     def write(self, data: bytes) -> None:
@@ -107,9 +115,9 @@ class FakeTransport(StringTransportWithDisconnection):
 class Connection:
     """One PeerProtocol on a FakeTransport, and how its handshake ended."""
 
-    def __init__(self, rpc: TcpRpc, side: str) -> None:
+    def __init__(self, rpc: TcpRpc, side: str, host: str = "127.0.0.1") -> None:
         self.protocol = PeerProtocol(rpc, side)
-        self.transport = FakeTransport()
+        self.transport = FakeTransport(host)
         self.transport.protocol = self.protocol
         self.outcomes: list[object] = []
         self.protocol.handshake.addBoth(self.outcomes.append)
@@ -178,9 +186,9 @@ class Peer:
         self.events.append(event)
         globalLogPublisher(event)
 
-    def accept(self) -> Connection:
-        """A connection from a peer to this node (its listening side)."""
-        return Connection(self.rpc, SERVER)
+    def accept(self, host: str = "127.0.0.1") -> Connection:
+        """A connection from a peer (at C{host}) to this node (its listening side)."""
+        return Connection(self.rpc, SERVER, host)
 
     def dial(self) -> Connection:
         """A connection from this node to a peer (its connecting side)."""
@@ -693,11 +701,17 @@ def test_an_error_line_in_place_of_auth_is_logged_and_closes() -> None:
 
 @pytest.mark.parametrize(
     ("reason", "logged"),
-    [("x" * 10_000, "x" * 200), ({"a": 1}, "{'a': 1}"), (None, "None")],
-    ids=["long", "object", "null"],
+    [
+        ("x" * 10_000, "x" * 200 + "..."),
+        ({"a": 1}, "{'a': 1}"),
+        (None, "None"),
+        ("\x1b[2J\rforged line\n", "\\x1b[2J\\rforged line\\n"),
+    ],
+    ids=["long", "object", "null", "escapes"],
 )
 def test_an_error_lines_reason_is_logged_as_short_text(reason: Any, logged: str) -> None:
-    """A peer's reason is logged as text of at most 200 characters, whatever its JSON type."""
+    """A peer's reason is logged as escaped text of at most 200 characters, whatever its
+    JSON type: it cannot forge log lines or drive a terminal."""
     b = Peer("b")
     conn = b.accept()
     conn.receive_line({"type": "error", "reason": reason})
@@ -987,41 +1001,106 @@ def test_a_peer_that_hangs_up_leaves_no_timer() -> None:
 # -- pending handshakes -----------------------------------------------------------
 
 
-def test_connections_beyond_the_pending_limit_are_refused_at_once() -> None:
-    """With N handshakes pending the next connection is aborted at once, and it is logged."""
+def test_handshakes_beyond_the_limit_are_trimmed_once_they_could_have_said_hello() -> None:
+    """Beyond N pending handshakes newcomers are taken; PROVE_WITHIN later the oldest
+    silent ones are dropped, and it is logged."""
     b = Peer("b", max_pending_handshakes=3)
-    pending = [b.accept() for _ in range(3)]
+    conns = [b.accept() for _ in range(5)]
+    assert all(conn.open for conn in conns)
+    b.reactor.advance(PROVE_WITHIN - 0.01)
+    assert all(conn.open for conn in conns)
+    b.reactor.advance(0.01)
+    assert [conn.open for conn in conns] == [False, False, True, True, True]
+    assert all(conn.transport.aborted and conn.transport.value() == b"" for conn in conns[:2])
+    assert any("to make room" in text for text in b.warnings())
+    assert b.rpc.invalid_messages == 2
+
+
+def test_a_newcomer_is_not_trimmed_before_it_could_say_hello() -> None:
+    """A connection younger than PROVE_WITHIN keeps its slot however many came before it;
+    once it said a valid hello it is no longer pending."""
+    b = Peer("b", max_pending_handshakes=2)
+    old = [b.accept() for _ in range(2)]
+    b.reactor.advance(1)
+    early = b.accept()
+    b.reactor.advance(PROVE_WITHIN - 0.05)
+    peer = b.accept()
+    flood = [b.accept() for _ in range(2)]
+    b.reactor.advance(0.05)
+    assert not any(conn.open for conn in [*old, early])
+    assert peer.open and all(conn.open for conn in flood)
+    peer.receive_line(hello("a"))
+    assert peer.ready
+    b.reactor.advance(PROVE_WITHIN)
+    assert peer.open and all(conn.open for conn in flood)
+
+
+def test_an_address_beyond_the_hard_limit_is_refused_at_once() -> None:
+    """One address gets at most HARD_LIMIT_FACTOR x N pending handshakes; the next is
+    aborted at once, while another address is still taken."""
+    b = Peer("b", max_pending_handshakes=3)
+    hard = 3 * HARD_LIMIT_FACTOR
+    pending = [b.accept() for _ in range(hard)]
     extra = b.accept()
     assert all(conn.open for conn in pending)
     assert not extra.open and extra.transport.aborted
     assert extra.transport.value() == b""
-    assert any("3 handshakes already pending" in text for text in b.warnings())
+    assert any(f"{hard} handshakes from its address already pending" in t for t in b.warnings())
     assert b.rpc.invalid_messages == 1
-    assert len(b.reactor.getDelayedCalls()) == 3
+    elsewhere = b.accept("127.0.0.2")
+    assert elsewhere.open
+    b.reactor.advance(PROVE_WITHIN)
+    # Each address keeps its own N.
+    assert sum(conn.open for conn in pending) == 3 and elsewhere.open
 
 
-@pytest.mark.parametrize("how", ["completes", "drops", "is refused", "times out"])
-def test_a_pending_handshake_that_ends_frees_its_place(how: str) -> None:
-    """Once a pending handshake completes, drops, is refused or times out, a new one is admitted."""
+def test_a_crowded_node_pushes_out_the_address_that_holds_the_most() -> None:
+    """When all addresses together hold twice the hard limit, a newcomer from another
+    address takes the oldest slot of the address that holds the most."""
+    b = Peer("b", max_pending_handshakes=1)
+    hard = HARD_LIMIT_FACTOR
+    crowd = [b.accept(f"127.0.0.{i}") for i in (1, 2) for _ in range(hard)]
+    assert all(conn.open for conn in crowd)
+    newcomer = b.accept("127.0.0.3")
+    assert newcomer.open
+    assert [conn.open for conn in crowd] == [False] + [True] * (2 * hard - 1)
+
+
+def test_a_hello_with_a_fresh_ticket_is_never_trimmed() -> None:
+    """A pending handshake whose hello carried a valid ticket keeps its slot past the
+    trim; a replay of that hello (same nonce), or a wrong ticket, does not."""
+    b = Peer("b", secret=SECRET, max_pending_handshakes=1)
+    nonce = new_nonce()
+    ticketed = {**hello("a", nonce=nonce), "ticket": Keys(SECRET).ticket(nonce, "c", "a")}
+    other = new_nonce()
+    cases = [ticketed, ticketed, {**hello("a", nonce=other), "ticket": "0" * 64}]
+    conns = []
+    for line in cases:
+        conn = b.accept()
+        conn.receive_line(line)
+        conns.append(conn)
+    flood = [b.accept() for _ in range(2)]
+    b.reactor.advance(PROVE_WITHIN)
+    assert [conn.open for conn in conns] == [True, False, False]
+    assert not any(conn.open for conn in flood[:1])
+
+
+def test_a_pending_handshake_that_ends_leaves_the_others_their_slots() -> None:
+    """A handshake that completes, drops, is refused or times out is no longer pending:
+    the trim then spares the others."""
     b = Peer("b", max_pending_handshakes=2)
     first = b.accept()
     b.reactor.advance(3)
-    second = b.accept()
-    assert not b.accept().open
-    if how == "completes":
-        first.receive_line(hello("a"))
-        assert first.ready and first.open
-    elif how == "drops":
-        first.transport.loseConnection()
-    elif how == "is refused":
-        first.receive_line(b"junk")
-    else:
-        b.reactor.advance(2.5)
-        assert not first.open
-    assert second.open
-    newcomer = b.accept()
-    assert newcomer.open
-    assert not b.accept().open
+    second, third = b.accept(), b.accept()
+    first.receive_line(hello("a"))
+    second.transport.loseConnection()
+    b.reactor.advance(PROVE_WITHIN)
+    assert first.ready and third.open
+    b.reactor.advance(2.5)
+    assert third.open
+    fourth = b.accept()
+    b.reactor.advance(PROVE_WITHIN)
+    assert third.open and fourth.open
 
 
 def test_established_connections_do_not_count_as_pending() -> None:
@@ -1037,12 +1116,15 @@ def test_established_connections_do_not_count_as_pending() -> None:
 
 
 def test_outgoing_connections_do_not_count_as_pending() -> None:
-    """Only incoming handshakes are limited: dialling out is never refused by the limit."""
+    """Only incoming handshakes are limited: dialling out never takes an inbound slot."""
     a = Peer("a", max_pending_handshakes=1)
     incoming = a.accept()
     outgoing = [a.dial() for _ in range(3)]
+    a.reactor.advance(PROVE_WITHIN)
     assert incoming.open and all(conn.open for conn in outgoing)
-    assert not a.accept().open
+    flood = [a.accept() for _ in range(HARD_LIMIT_FACTOR)]
+    assert not flood[-1].open
+    assert all(conn.open for conn in outgoing)
 
 
 # -- line length ------------------------------------------------------------------
@@ -1106,12 +1188,15 @@ def test_a_flood_of_bad_connections_is_logged_with_a_rate_limit() -> None:
 
 
 def test_a_flood_of_silent_connections_is_held_to_the_pending_limit() -> None:
-    """Of 500 connections that never say hello, 16 wait, the rest are refused; all time out."""
+    """Of 500 connections that never say hello from one address, 64 are taken and the rest
+    refused; 16 wait past the trim; all time out."""
     b = Peer("b")
     flood = [b.accept() for _ in range(500)]
+    assert sum(conn.open for conn in flood) == 16 * HARD_LIMIT_FACTOR
+    assert b.rpc.invalid_messages == 500 - 16 * HARD_LIMIT_FACTOR
+    b.reactor.advance(PROVE_WITHIN)
     assert sum(conn.open for conn in flood) == 16
-    assert b.rpc.invalid_messages == 484
-    assert len(b.warnings()) <= 10
+    assert len(b.warnings()) <= 20
     b.reactor.advance(5)
     assert not any(conn.open for conn in flood)
     assert b.rpc.invalid_messages == 500

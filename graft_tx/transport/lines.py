@@ -146,6 +146,12 @@ class Keys:
         nonces (so no earlier session's proof fits) and to who talks to whom."""
         return self._mac(self._secret, role, client_nonce, server_nonce, *names)
 
+    def ticket(self, client_nonce: str, cluster: str, client_id: str) -> str:
+        """What a connecting node's hello carries to show, before the
+        handshake, that it knows the secret (it proves nothing on its own:
+        a recorded hello can be replayed, so listeners take each nonce once)."""
+        return self._mac(self._secret, "ticket", client_nonce, cluster, client_id)
+
     def session(self, client_nonce: str, server_nonce: str) -> bytes:
         """The key that authenticates the lines of one connection."""
         return bytes.fromhex(self._mac(self._secret, "session", client_nonce, server_nonce))

@@ -8,7 +8,7 @@ so every connection carries messages one way, from the connecting node.
 The line protocol (README.md, "The TCP line protocol"):
 
     connecting node                        listening node
-    hello {version, cluster, node, size, nonce}  ->
+    hello {version, cluster, node, size, nonce[, ticket]}  ->
                             <-  hello {version, cluster, node, size, nonce[, proof]}
     auth {proof}  ->                      (only with a shared secret)
     message lines  ->                      ([<mac> ]<json>, one per line)
@@ -24,6 +24,7 @@ import contextlib
 import math
 import random
 import socket
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -47,7 +48,7 @@ from zope.interface import implementer
 from graft_tx.errors import GraftError, MessageError
 from graft_tx.interfaces import IAckingRpc, IElectionNode
 from graft_tx.messages import Heartbeat, HeartbeatAck, VoteRequest, VoteResponse, check_id
-from graft_tx.ratelimit import RateLimitedLog
+from graft_tx.ratelimit import QUOTE_LIMIT, RateLimitedLog, escape
 from graft_tx.transport.lines import (
     VERSION,
     Keys,
@@ -64,6 +65,12 @@ from graft_tx.transport.lines import (
 
 CLIENT, SERVER = "connecting", "listening"
 DEFAULT_MAX_LINE = 16 * 1024
+# Seconds a new inbound connection keeps its handshake slot, however many
+# come after it: time for a peer's hello, sent as it connects, to arrive.
+PROVE_WITHIN = 0.25
+# Pending handshakes beyond the limit, while they wait for PROVE_WITHIN.
+HARD_LIMIT_FACTOR = 4
+TICKETS_KEPT = 1024
 
 
 class TcpConfigError(GraftError, ValueError):
@@ -88,6 +95,10 @@ class PeerProtocol(LineOnlyReceiver):
         self._received = 0
         self._sent = 0
         self._timer: IDelayedCall | None = None
+        # Inbound only: when its handshake took a slot, and whether its hello
+        # carried a fresh ticket (its sender holds the cluster secret).
+        self.admitted_at = 0.0
+        self.proven = False
         self.handshake: Deferred[None] = Deferred()
         self.closed: Deferred[None] = Deferred()
 
@@ -174,8 +185,9 @@ class PeerProtocol(LineOnlyReceiver):
             return False
         self._rpc._warn(
             "peer {peer} refused the connection: {reason}",
+            key=f"peer refused in {self.state}",
             peer=self._describe(),
-            reason=str(obj.get("reason", ""))[:200],
+            reason=escape(obj.get("reason", "")),
         )
         self._close()
         return True
@@ -218,6 +230,8 @@ class PeerProtocol(LineOnlyReceiver):
         self.peer_id, self._peer_nonce = peer, nonce
         keys = rpc.keys
         names = (node.cluster_info.name,)
+        if self._side == SERVER and keys is not None:
+            self.proven = rpc._fresh_ticket(obj.get("ticket"), nonce, peer)
         if self._side == SERVER:
             reply = self._hello()
             if keys is not None:
@@ -290,7 +304,7 @@ class PeerProtocol(LineOnlyReceiver):
 
     def _hello(self) -> dict[str, Any]:
         node = self._rpc.node
-        return {
+        hello = {
             "type": "hello",
             "version": VERSION,
             "cluster": node.cluster_info.name,
@@ -299,6 +313,12 @@ class PeerProtocol(LineOnlyReceiver):
             "protocol": node.protocol,
             "nonce": self._nonce,
         }
+        keys = self._rpc.keys
+        if self._side == CLIENT and keys is not None:
+            # Lets the listening side tell a secret holder from a stranger
+            # at once, and keep its handshake slot (see TcpRpc._admit).
+            hello["ticket"] = keys.ticket(self._nonce, node.cluster_info.name, node.id)
+        return hello
 
     def _send_object(self, obj: dict[str, Any]) -> None:
         self.sendLine(dump(obj))  # type: ignore[no-untyped-call]
@@ -306,13 +326,17 @@ class PeerProtocol(LineOnlyReceiver):
     def _refuse(self, reason: str) -> None:
         if self.state == "closed":
             return
+        direction = "to" if self._side == CLIENT else "from"
         self._rpc._warn(
             "dropped the connection {direction} {peer}: {reason}",
-            direction="to" if self._side == CLIENT else "from",
+            # A stranger's noise before the handshake must not hide a peer's
+            # failures after it, nor those of our own connections.
+            key=f"refused {direction} in {self.state}",
+            direction=direction,
             peer=self._describe(),
-            reason=reason,
+            reason=escape(reason, QUOTE_LIMIT * 2),
         )
-        self._send_object({"type": "error", "reason": reason})
+        self._send_object({"type": "error", "reason": reason[: QUOTE_LIMIT * 2]})
         if self._outbound is not None:
             self._outbound.failures += 1
         self._close()
@@ -325,6 +349,12 @@ class PeerProtocol(LineOnlyReceiver):
     def _tcp(self) -> ITCPTransport:
         assert self.transport is not None
         return cast(ITCPTransport, self.transport)
+
+    def _evict(self) -> None:
+        """Drop this pending handshake for a newer one (logged by the caller)."""
+        self.state = "closed"
+        self._cancel_timer()
+        self._abort()
 
     def _abort(self) -> None:
         if self.transport is not None:
@@ -391,6 +421,11 @@ class _Outbound:
             self.retry_at = None
             self.service.stopService()
             self.service.startService()
+
+
+def _host(protocol: PeerProtocol) -> str:
+    address = protocol.transport.getPeer() if protocol.transport is not None else None
+    return str(getattr(address, "host", address))
 
 
 def _set_user_timeout(transport: object, seconds: float) -> None:
@@ -485,7 +520,11 @@ class TcpRpc:
         self._port: IListeningPort | None = None
         self._connectors: list[_Outbound] = []
         self._outbound: dict[str, PeerProtocol] = {}
-        self._pending: set[PeerProtocol] = set()
+        # Pending inbound handshakes, oldest first.
+        self._pending: dict[PeerProtocol, None] = {}
+        self._trimming: IDelayedCall | None = None
+        # Client nonces of recent tickets, oldest first: each counts once.
+        self._tickets: dict[str, None] = {}
         self._inbound: set[PeerProtocol] = set()
         self._warnings: RateLimitedLog | None = None
         self._closed = False
@@ -566,6 +605,9 @@ class TcpRpc:
         if self._closed:
             return succeed(None)
         self._closed = True
+        if self._trimming is not None and self._trimming.active():
+            self._trimming.cancel()
+        self._trimming = None
         pending: list[Deferred[Any]] = [
             outbound.service.stopService()
             for outbound in self._connectors
@@ -573,7 +615,7 @@ class TcpRpc:
         ]
         if self._port is not None:
             pending.append(self._port.stopListening())  # type: ignore[arg-type]
-        for protocol in list(self._inbound | self._pending):
+        for protocol in [*self._inbound, *self._pending]:
             protocol._abort()
             pending.append(protocol.closed)
         self._outbound.clear()
@@ -631,20 +673,90 @@ class TcpRpc:
     # -- called by PeerProtocol -----------------------------------------
 
     def _admit(self, protocol: PeerProtocol) -> bool:
+        """Give an inbound connection a handshake slot.
+
+        Refusing newcomers while the slots are full would let anyone who
+        can connect keep the peers out with a few idle sockets. So each
+        address has slots of its own: C{max_pending_handshakes}, and up to
+        C{HARD_LIMIT_FACTOR} times as many for newcomers still within
+        L{PROVE_WITHIN} seconds of connecting (time for a peer's hello, sent
+        as it connects, to arrive). Then the surplus is trimmed: never a
+        handshake whose hello carried a fresh ticket (a secret holder),
+        first those without a valid hello, then the oldest. Only when all
+        addresses together hold twice that hard limit does a newcomer push
+        out a handshake of the address that holds the most.
+        """
         if self._closed:
             return False
-        if len(self._pending) >= self.max_pending_handshakes:
+        host = _host(protocol)
+        hosts = Counter(_host(p) for p in self._pending)
+        hard = self.max_pending_handshakes * HARD_LIMIT_FACTOR
+        if hosts[host] >= hard:
             self._warn(
-                "refused a connection from {peer}: {count} handshakes already pending",
-                peer=protocol._tcp().getPeer(),
-                count=len(self._pending),
+                "refused a connection from {peer}: {count} handshakes from its address "
+                "already pending",
+                peer=protocol._describe(),
+                count=hosts[host],
             )
             return False
-        self._pending.add(protocol)
+        if len(self._pending) >= 2 * hard:
+            crowded = max(hosts, key=lambda h: hosts[h])
+            self._evict([p for p in self._pending if _host(p) == crowded and not p.proven][:1])
+        protocol.admitted_at = self.clock.seconds()
+        self._pending[protocol] = None
+        if hosts[host] + 1 > self.max_pending_handshakes and self._trimming is None:
+            self._trimming = self.clock.callLater(PROVE_WITHIN, self._trim)
+        return True
+
+    def _trim(self) -> None:
+        """Evict each address's pending handshakes beyond the limit, as L{_admit} says."""
+        self._trimming = None
+        if self._closed:
+            return
+        now = self.clock.seconds()
+        by_host: dict[str, list[PeerProtocol]] = {}
+        for p in self._pending:
+            by_host.setdefault(_host(p), []).append(p)
+        again = False
+        for pending in by_host.values():
+            surplus = len(pending) - self.max_pending_handshakes
+            if surplus <= 0:
+                continue
+            # sorted() keeps the order of equals, and _pending is oldest first.
+            candidates = sorted(
+                (p for p in pending if not p.proven and now - p.admitted_at >= PROVE_WITHIN),
+                key=lambda p: p.state == "auth",
+            )
+            self._evict(candidates[:surplus])
+            again = again or len(candidates) < surplus
+        if again:
+            self._trimming = self.clock.callLater(PROVE_WITHIN, self._trim)
+
+    def _evict(self, victims: list[PeerProtocol]) -> None:
+        for victim in victims:
+            self._warn(
+                "dropped a pending handshake from {peer} to make room: "
+                "{count} handshakes were pending",
+                peer=victim._describe(),
+                count=len(self._pending),
+            )
+            del self._pending[victim]
+            victim._evict()
+
+    def _fresh_ticket(self, ticket: object, nonce: str, peer: str) -> bool:
+        """Whether a hello's C{ticket} is valid and its nonce not seen before."""
+        keys = self.keys
+        if keys is None or not same(ticket, keys.ticket(nonce, self.node.cluster_info.name, peer)):
+            return False
+        if nonce in self._tickets:
+            return False
+        self._tickets[nonce] = None
+        if len(self._tickets) > TICKETS_KEPT:
+            del self._tickets[next(iter(self._tickets))]
         return True
 
     def _ready(self, protocol: PeerProtocol) -> None:
-        self._pending.discard(protocol)
+        self._pending.pop(protocol, None)
         if protocol._side == CLIENT:
             self._outbound[protocol.peer_id] = protocol
             if protocol._outbound is not None:
@@ -662,7 +774,7 @@ class TcpRpc:
                     outbound.retry_now(protocol.peer_id)
 
     def _lost(self, protocol: PeerProtocol) -> None:
-        self._pending.discard(protocol)
+        self._pending.pop(protocol, None)
         self._inbound.discard(protocol)
         if self._outbound.get(protocol.peer_id) is protocol:
             del self._outbound[protocol.peer_id]
@@ -693,6 +805,6 @@ class TcpRpc:
                 VoteResponse(message.term, message.granted, peer, message.pre_vote)
             )
 
-    def _warn(self, format: str, **fields: Any) -> None:
+    def _warn(self, format: str, key: str = "", **fields: Any) -> None:
         if self._warnings is not None:
-            self._warnings.warn(format, **fields)
+            self._warnings.warn(format, key, **fields)
