@@ -24,10 +24,12 @@ _KEEP = 64
 class Lease:
     """What one leader, in one term, knows of its followers' acknowledgements."""
 
-    def __init__(self, now: float, duration: float, quorum: int, gap: float) -> None:
+    def __init__(self, now: float, duration: float, quorum: int, gap: float, room: int = 0) -> None:
         """C{gap}: the longest pause between a follower's acks that still
-        counts as steady (for priority handovers)."""
+        counts as steady (for priority handovers). C{room}: how many
+        followers are tracked at most (default four times the quorum)."""
         self.started = now
+        self._room = room or 4 * quorum
         self._gap = gap
         self.steady_since: dict[str, float] = {}
         self.duration = duration * (1 - DRIFT)
@@ -39,6 +41,13 @@ class Lease:
         self.priorities: dict[str, int] = {}
         self.seq = 0
         self.expiry: float | None = None
+        # Acknowledgements dropped for want of room (see ack()).
+        self.crowded = 0
+
+    def _forget(self, follower: str) -> None:
+        for table in (self.acked, self._promises, self.ack_times, self.priorities):
+            table.pop(follower, None)
+        self.steady_since.pop(follower, None)
 
     def next_heartbeat(self, now: float) -> int:
         """Number the next heartbeat, sent C{now}."""
@@ -56,6 +65,15 @@ class Lease:
         """
         if seq > self.seq or seq <= self.acked.get(follower, 0):
             return False
+        if follower not in self.acked and len(self.acked) >= self._room:
+            # More ids than the cluster has nodes: some are made up. Room is
+            # made only by one that stopped acknowledging, so a flood of new
+            # ids costs no memory and cannot push out a follower that keeps up.
+            stale = min(self.ack_times, key=self.ack_times.__getitem__)
+            if now - self.ack_times[stale] <= self._gap:
+                self.crowded += 1
+                return False
+            self._forget(stale)
         self.acked[follower] = seq
         promise = self.duration if window <= 0 else min(self.duration, window * (1 - DRIFT))
         self._promises[follower] = promise

@@ -611,8 +611,18 @@ class Node:
             return
         now = self._monotonic()
         held = lease.holds(now)
+        crowded = lease.crowded
         if lease.ack(ack.follower, ack.seq, ack.priority, now, ack.window_us / 1e6) and not held:
             self._release_leader()
+        if lease.crowded > crowded:
+            self._odd.warn(
+                "node {node} dropped an acknowledgement from {follower}: more ids acknowledge "
+                "than {cluster} has nodes ({size}), some made up",
+                node=self._id,
+                follower=ack.follower,
+                cluster=self._info.name,
+                size=self._info.size,
+            )
 
     # -- the algorithm --------------------------------------------------
     #
@@ -772,6 +782,7 @@ class Node:
                 self._timing.election_timeout_min,
                 quorum(self._info.size),
                 gap=self._window / 2,
+                room=2 * self._info.size,
             )
         else:
             self._release_leader()

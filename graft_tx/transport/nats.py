@@ -25,7 +25,7 @@ from zope.interface import implementer
 from graft_tx.errors import GraftError
 from graft_tx.interfaces import IAckingRpc, IElectionNode
 from graft_tx.messages import Heartbeat, HeartbeatAck, VoteRequest, VoteResponse
-from graft_tx.ratelimit import RateLimitedLog
+from graft_tx.ratelimit import RateLimitedLog, escape
 from graft_tx.transport import wire
 from graft_tx.transport.natsclient import (
     NatsClosedError,
@@ -73,6 +73,17 @@ def vote_response_subject(node_id: str) -> str:
 
 def heartbeat_ack_subject(node_id: str) -> str:
     return f"graft.{node_id}.heartbeat_ack"
+
+
+def _ids(message: wire.Message) -> list[tuple[str, str]]:
+    """The node ids a message names, with what each is."""
+    if isinstance(message, VoteRequest):
+        return [("candidate id", message.candidate)]
+    if isinstance(message, VoteResponse):
+        return [("voter id", message.voter)]
+    if isinstance(message, Heartbeat):
+        return [("leader id", message.leader), ("transfer target", message.transfer_to)]
+    return [("follower id", message.follower)]
 
 
 @implementer(IAckingRpc)
@@ -298,8 +309,9 @@ class NatsRpc:
         assert self._invalid is not None
         self._invalid.warn(
             "dropped an invalid message on {subject}: {error}",
-            subject=message.subject,
-            error=str(error),
+            key="invalid " + message.subject.rpartition(".")[2],
+            subject=escape(message.subject),
+            error=escape(error),
         )
 
     def _decoded(
@@ -310,6 +322,15 @@ class NatsRpc:
         try:
             decoded, protocol = read(message.data, self._size)
         except wire.WireError as e:
+            self._drop(message, e)
+            return None
+        try:
+            # Ids become subjects (answers, acks) and log fields: a message
+            # naming one that no node can have is dropped whole.
+            for what, value in _ids(decoded):
+                if value:
+                    check_token(what, value)
+        except SubjectError as e:
             self._drop(message, e)
             return None
         if protocol != self._wire_protocol:
@@ -326,15 +347,8 @@ class NatsRpc:
 
     def _on_vote_request(self, message: NatsMessage) -> None:
         req = self._decoded(message, wire.read_vote_request)
-        if req is None or self._node is None or req.candidate == self._node.id:
-            return
-        try:
-            # The answer goes to a subject made of this id.
-            check_token("candidate id", req.candidate)
-        except SubjectError as e:
-            self._drop(message, e)
-            return
-        self._node.handle_vote_request(req)
+        if req is not None and self._node is not None and req.candidate != self._node.id:
+            self._node.handle_vote_request(req)
 
     def _on_vote_response(self, message: NatsMessage) -> None:
         resp = self._decoded(message, wire.read_vote_response)
