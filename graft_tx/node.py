@@ -16,11 +16,12 @@ import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -193,6 +194,7 @@ class Node:
         self._closed = False
         self._counts = _Counts()
         self._known_leader = ""
+        self._known_term = 0
         self._protocol = protocol
         self._tx = protocol == GRAFT_TX
         self._priority = priority
@@ -872,12 +874,16 @@ class Node:
     def _follow(self, leader: str) -> None:
         self._leader = leader
         if leader != self._known_leader:
-            self._known_leader = leader
+            # A second leader in one term comes from a stranger or a bug, and
+            # as often as it sends: then the line has a budget.
+            same_term = self._known_leader != "" and self._known_term == self._term
+            self._known_leader, self._known_term = leader, self._term
             self._leader_since = self._monotonic()
             self._counts.leader_changes += 1
             # A follower learns of a new leader without changing state: say so,
             # so a log shows when each node agreed on it.
-            self.log.info(
+            emit = partial(self._odd.emit, LogLevel.info) if same_term else self.log.info
+            emit(
                 "node {node} of {cluster}: leader is {leader} in term {term}",
                 event="leader_known",
                 node=self._id,

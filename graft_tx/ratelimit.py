@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 # Longest text from a peer that a log line quotes.
 QUOTE_LIMIT = 200
@@ -51,6 +51,10 @@ class RateLimitedLog:
 
     def warn(self, format: str, key: str = "", **fields: Any) -> None:
         """Log, or count, a warning of kind C{key} (default: its format)."""
+        self.emit(LogLevel.warn, format, key, **fields)
+
+    def emit(self, level: LogLevel, format: str, key: str = "", **fields: Any) -> None:
+        """Log, or count, an event at C{level} of kind C{key} (default: its format)."""
         self.dropped += 1
         now = self._clock.seconds()
         # Held-back counts are told when any warning comes after their period.
@@ -68,6 +72,6 @@ class RateLimitedLog:
             budget.window_start, budget.in_window = now, 0
         if budget.in_window < self._burst:
             budget.in_window += 1
-            self._log.warn(format, **fields)
+            self._log.emit(level, format, **fields)
         else:
             budget.suppressed += 1

@@ -584,3 +584,23 @@ def test_a_follower_follows_the_newest_leader_of_its_term(
     assert (u.node.state, u.node.leader) == (F, "L")
     assert [leader for leader, _ in u.rpc.acks] == ["stranger", "L"]
     assert any("in the same term" in str(e.get("log_format")) for e in warnings)
+
+
+def test_a_follower_switched_between_two_leaders_of_one_term_logs_a_bounded_amount(
+    tmp_path: Path,
+) -> None:
+    """3,000 same-term heartbeats alternating between two leaders: the follower follows
+    each (newest wins), but its log gets ten lines of each kind at most, not 6,000."""
+    seen: list[LogEvent] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        u = unit(tmp_path, saved=PersistentState(1, ""))
+        for i in range(3000):
+            u.node.handle_heartbeat(Heartbeat(1, ("L", "stranger")[i % 2], 1))
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert u.node.leader == "stranger"
+    known = [e for e in seen if e.get("event") == "leader_known"]
+    odd = [e for e in seen if "in the same term" in str(e.get("log_format"))]
+    assert 1 <= len(known) <= 11 and 1 <= len(odd) <= 10
+    assert u.node.stats().leader_changes == 3000
