@@ -5,11 +5,16 @@ C{log_time} (wall-clock seconds) and the event's named fields, such as
 C{event="state_changed"} or C{event="leader_known"}. Benchmarks and the
 chaos suite read these to learn when each node changed its mind, to the
 millisecond, without polling.
+
+The file is created readable and writable by its owner only (0600), and
+never opened through a symbolic link, so that a link planted at its path
+cannot make the node append to another file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -27,9 +32,36 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
+from graft_tx.errors import GraftError
+
 NAMESPACE = "graft_tx"
 # Twisted's JSON log files put this before each record.
 RECORD_SEPARATOR = "\x1e"
+FILE_MODE = 0o600
+_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+class EventLogError(GraftError):
+    """The event log cannot be opened, or its path is a symbolic link."""
+
+
+def open_event_log(path: str) -> IO[str]:
+    """C{path} opened for appending text, created 0600, never through a symbolic link.
+
+    @raise EventLogError: it cannot be opened, or it is a symbolic link.
+    """
+    try:
+        fd = os.open(path, _FLAGS, FILE_MODE)
+    except OSError as e:
+        if os.path.islink(path):
+            raise EventLogError(
+                f"cannot open event log {path!r}: it is a symbolic link, and graft_tx does not "
+                "follow links for its event log (give the real file's path)"
+            ) from e
+        raise EventLogError(f"cannot open event log {path!r}: {e.strerror}") from e
+    # Line-buffered: each event reaches the file before the next one, so a
+    # SIGKILL loses at most the line being written.
+    return os.fdopen(fd, "a", buffering=1, encoding="utf-8")
 
 
 @implementer(ILogFilterPredicate)
@@ -49,9 +81,7 @@ class EventLogService(Service):
         self._observer: ILogObserver | None = None
 
     def startService(self) -> None:
-        # Line-buffered: each event reaches the file before the next one, so a
-        # SIGKILL loses at most the line being written.
-        self._file = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        self._file = open_event_log(self.path)
         self._observer = FilteringLogObserver(jsonFileLogObserver(self._file), [_Ours()])
         globalLogPublisher.addObserver(self._observer)
         super().startService()  # type: ignore[no-untyped-call]

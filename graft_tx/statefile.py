@@ -15,6 +15,13 @@ Unlike graft, writes go through a temporary file, fsync and an atomic
 rename, so a crash leaves the old state or the new one, never a torn file;
 and the file is kept when the node closes, so a restarted node remembers
 its vote.
+
+Neither the state file nor its temporary file is opened through a symbolic
+link: a link planted at either path (in a directory others can write to)
+must not make the node, often running as root, create or overwrite the
+file it points to. The temporary file is created exclusively, so nothing
+already at its path is ever written through, and both files are created
+readable and writable by their owner only (0600).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -31,6 +39,11 @@ from graft_tx.errors import LogAccessError, LogCorruptError, MessageError
 from graft_tx.messages import MAX_TERM, check_id
 
 _EMPTY_SHA1 = hashlib.sha1(b"").digest()
+# Owner only; the umask may take away more, never add.
+FILE_MODE = 0o600
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_LOAD_FLAGS = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | _CLOEXEC
+_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
 # Go's encoding/json escapes these even inside strings; so do we, byte for byte.
 _GO_ESCAPES = {ord(c): f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"}
 
@@ -144,14 +157,17 @@ class StateFile:
         self.path = path
 
     def load(self) -> PersistentState:
-        """Read the saved state, creating an empty file if there is none.
+        """Read the saved state, creating an empty file (0600) if there is none.
 
         @raise LogCorruptError: the file's content cannot be trusted.
-        @raise LogAccessError: the file cannot be read or created.
+        @raise LogAccessError: the file cannot be read or created, or its
+            path is a symbolic link (dangling or not), which is never followed.
         """
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o660)
+            fd = os.open(self.path, _LOAD_FLAGS, FILE_MODE)
         except OSError as e:
+            if os.path.islink(self.path):
+                raise LogAccessError(self.path, "open", OSError(SYMLINK_REFUSED)) from e
             raise LogAccessError(self.path, "open", e) from e
         try:
             with os.fdopen(fd, "rb") as f:
@@ -167,7 +183,7 @@ class StateFile:
         """
         tmp = f"{self.path}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o660)
+            fd = _create_exclusively(tmp)
             try:
                 content = memoryview(encode_state(state))
                 while content:
@@ -180,6 +196,28 @@ class StateFile:
         except OSError as e:
             _remove_quietly(tmp)
             raise LogAccessError(self.path, "write", e) from e
+
+
+SYMLINK_REFUSED = (
+    "it is a symbolic link, and graft_tx does not follow links for its state file "
+    "(give the real file's path)"
+)
+
+
+def _create_exclusively(path: str) -> int:
+    """A new, empty file at C{path} (0600), open for writing.
+
+    Whatever is already there (the leftover of a crash, or a file or symbolic
+    link someone planted) is removed and the creation retried once; it is never
+    written through. unlink removes a link itself, never its target.
+    """
+    try:
+        return os.open(path, _TMP_FLAGS, FILE_MODE)
+    except OSError as e:
+        if e.errno not in (errno.EEXIST, errno.ELOOP):
+            raise
+    os.unlink(path)
+    return os.open(path, _TMP_FLAGS, FILE_MODE)
 
 
 def _remove_quietly(path: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from graft_tx import ClusterInfo, GraftService, QueueHandler
-from graft_tx.eventlog import RECORD_SEPARATOR, EventLogService, read_events
+from graft_tx.eventlog import RECORD_SEPARATOR, EventLogError, EventLogService, read_events
 from graft_tx.statefile import PersistentState, StateFile
 from graft_tx.tap import Options, makeService
 from graft_tx.testing import MemoryNetwork
@@ -121,3 +123,50 @@ def test_a_started_node_says_so_in_the_event_log(tmp_path: Path) -> None:
         events.stopService()
     started = [e for e in read_events(path) if e.get("event") == "node_started"]
     assert [(e["node"], e["cluster"], e["term"]) for e in started] == [("n1", "c", 4)]
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["to a file", "dangling"])
+def test_a_symlinked_log_is_refused_and_its_target_untouched(
+    tmp_path: Path, dangling: bool
+) -> None:
+    """startService refuses a symlink at the event log's path; its target is neither written
+    nor created."""
+    target = tmp_path / "root-only"
+    if not dangling:
+        target.write_bytes(b"precious")
+    path = tmp_path / "events"
+    os.symlink(target, path)
+    service = EventLogService(str(path))
+    with pytest.raises(EventLogError, match="symbolic link") as caught:
+        service.startService()
+    assert str(path) in str(caught.value)
+    assert not service.running
+    ours.info("not written", event="one")
+    if dangling:
+        assert not os.path.lexists(target)
+    else:
+        assert target.read_bytes() == b"precious"
+
+
+def test_a_new_log_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    """With umask 0, the event log is created 0600."""
+    path = tmp_path / "events"
+    previous = os.umask(0)
+    try:
+        service = EventLogService(str(path))
+        service.startService()
+        service.stopService()
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_option_refuses_a_symlinked_log(tmp_path: Path) -> None:
+    """--event-log naming a symbolic link is a one-line usage error saying so."""
+    os.symlink(tmp_path / "elsewhere", tmp_path / "e")
+    with pytest.raises(usage.UsageError, match=r"--event-log: .* is a symbolic link") as caught:
+        Options().parseOptions(
+            ["--cluster", "c", "--listen", "tcp:7001", "--peer", "tcp:host=127.0.0.1:port=7002",
+             "--state-file", str(tmp_path / "s"), "--event-log", str(tmp_path / "e")]
+        )  # fmt: skip
+    assert "\n" not in str(caught.value)

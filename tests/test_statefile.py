@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import shutil
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from twisted.internet.task import Clock
 import graft_tx
 import graft_tx.statefile
 from graft_tx import ClusterInfo, LogAccessError, LogCorruptError, State, VoteRequest
-from graft_tx.statefile import PersistentState, StateFile
+from graft_tx.statefile import PersistentState, StateFile, encode_state
 
 # Graft's algorithm as Go graft runs it; graft-tx features are tested on their own.
 pytestmark = pytest.mark.protocol("graft")
@@ -395,3 +397,135 @@ def test_crash_mid_write_keeps_old_state(
     assert path.read_bytes() == before
     assert StateFile(str(path)).load() == PersistentState(6, "old")
     assert sorted(os.listdir(tmp_path)) == ["state"]
+
+
+# -- symbolic links and permissions --------------------------------------------
+
+
+@pytest.fixture
+def no_umask() -> Iterator[None]:
+    """umask 0 for the test: only the modes graft_tx asks for limit the new files."""
+    previous = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def test_planted_temp_link_is_not_written_through(tmp_path: Path) -> None:
+    """A symlink planted at <state>.tmp is removed, not written through; the save succeeds."""
+    target = write(tmp_path / "root-only", b"precious")
+    path = tmp_path / "state"
+    os.symlink(target, f"{path}.tmp")
+    StateFile(str(path)).save(PersistentState(3, "a", "a"))
+    assert target.read_bytes() == b"precious"
+    assert not path.is_symlink()
+    assert StateFile(str(path)).load() == PersistentState(3, "a", "a")
+    assert sorted(os.listdir(tmp_path)) == ["root-only", "state"]
+
+
+def test_dangling_temp_link_target_is_not_created(tmp_path: Path) -> None:
+    """A dangling symlink at <state>.tmp does not make save() create the file it names."""
+    target = tmp_path / "created-by-root"
+    path = tmp_path / "state"
+    os.symlink(target, f"{path}.tmp")
+    StateFile(str(path)).save(PersistentState(1, "a"))
+    assert not os.path.lexists(target)
+    assert StateFile(str(path)).load() == PersistentState(1, "a")
+
+
+def test_temp_link_planted_again_is_never_written_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link planted again between the unlink and the retry fails the save; the target stands."""
+    target = write(tmp_path / "root-only", b"precious")
+    path = tmp_path / "state"
+    store = StateFile(str(path))
+    store.save(PersistentState(1, "old"))
+    tmp = f"{path}.tmp"
+    os.symlink(target, tmp)
+    real_unlink = os.unlink
+
+    def unlink_and_replant(name: str) -> None:
+        real_unlink(name)
+        os.symlink(target, name)
+
+    monkeypatch.setattr(graft_tx.statefile.os, "unlink", unlink_and_replant)
+    with pytest.raises(LogAccessError):
+        store.save(PersistentState(2, "new"))
+    monkeypatch.undo()
+    assert target.read_bytes() == b"precious"
+    assert StateFile(str(path)).load() == PersistentState(1, "old")
+
+
+def test_leftover_temp_file_is_replaced(tmp_path: Path) -> None:
+    """A regular <state>.tmp left by a crash is replaced, not appended to or reused."""
+    path = tmp_path / "state"
+    write(tmp_path / "state.tmp", b"x" * 4096)
+    os.chmod(tmp_path / "state.tmp", 0o666)
+    StateFile(str(path)).save(PersistentState(5, "b"))
+    assert path.read_bytes() == encode_state(PersistentState(5, "b"))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not os.path.lexists(tmp_path / "state.tmp")
+
+
+def test_save_replaces_a_link_at_the_state_path_not_its_target(tmp_path: Path) -> None:
+    """save() renames over a symlink at the state path: the link goes, its target is untouched."""
+    target = write(tmp_path / "root-only", b"precious")
+    path = tmp_path / "state"
+    os.symlink(target, path)
+    StateFile(str(path)).save(PersistentState(2, "a"))
+    assert target.read_bytes() == b"precious"
+    assert not path.is_symlink()
+    assert StateFile(str(path)).load() == PersistentState(2, "a")
+
+
+def test_load_refuses_a_dangling_link_and_creates_nothing(tmp_path: Path) -> None:
+    """load() refuses a dangling symlink at the state path and does not create its target."""
+    target = tmp_path / "created-by-root"
+    path = tmp_path / "state"
+    os.symlink(target, path)
+    with pytest.raises(LogAccessError) as caught:
+        StateFile(str(path)).load()
+    assert "symbolic link" in str(caught.value)
+    assert "does not follow links" in str(caught.value)
+    assert str(path) in str(caught.value)
+    assert not os.path.lexists(target)
+
+
+def test_load_refuses_a_link_to_a_real_file(tmp_path: Path) -> None:
+    """load() refuses a symlink at the state path even when it leads to a valid state file."""
+    real = tmp_path / "real.state"
+    StateFile(str(real)).save(PersistentState(4, "a", "a"))
+    path = tmp_path / "state"
+    os.symlink(real, path)
+    with pytest.raises(LogAccessError, match="symbolic link"):
+        StateFile(str(path)).load()
+
+
+@pytest.mark.usefixtures("no_umask")
+def test_new_state_file_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    """With umask 0, load() creates the state file 0600 and save() replaces it with a 0600 one."""
+    path = tmp_path / "state"
+    store = StateFile(str(path))
+    store.load()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    store.save(PersistentState(1, "a"))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.usefixtures("no_umask")
+def test_temp_file_is_created_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temporary file is 0600 from its creation, before its content is written."""
+    path = tmp_path / "state"
+    modes: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync_and_look(fd: int) -> None:
+        if os.path.exists(f"{path}.tmp"):
+            modes.append(stat.S_IMODE(os.stat(f"{path}.tmp").st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(graft_tx.statefile.os, "fsync", fsync_and_look)
+    StateFile(str(path)).save(PersistentState(1, "a"))
+    assert modes == [0o600]

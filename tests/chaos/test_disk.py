@@ -58,7 +58,9 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("mounting a tmpfs needs root")
     directory = tmp_path / "disk"
     directory.mkdir()
-    mounted = run("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(directory))
+    # mode=0700: a tmpfs root is 1777 by default, and twistd graft refuses a state
+    # file in a directory other users can write to.
+    mounted = run("mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(directory))
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {(mounted.stderr or mounted.stdout).strip()}")
     try:
