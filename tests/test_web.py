@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +16,19 @@ from fakes import RecordingHandler, RecordingRpc, result_of
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource, getChildForRequest
 from twisted.web.server import Site
-from twisted.web.test.requesthelper import DummyRequest
+from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
 from graft_tx import ClusterInfo, GraftService, Heartbeat, State, VoteResponse
 from graft_tx.node import Node
 from graft_tx.testing import MemoryNetwork
-from graft_tx.web import GraftResource
+from graft_tx.web import GraftResource, StatusChannel, StatusRequest, StatusSite
 
 # Graft's algorithm as Go graft runs it; graft-tx features are tested on their own.
 pytestmark = pytest.mark.protocol("graft")
@@ -457,3 +464,301 @@ def test_pages_render_with_dummy_request(tmp_path: Path) -> None:
         assert json.loads(body)["id"] == "a"
     finally:
         result_of(service.stopService())
+
+
+# -- StatusSite: read-only and bounded ---------------------------------------------
+
+ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
+# Twisted's own 404, 405 and 501 pages warn that they are deprecated.
+twisted_error_pages = pytest.mark.filterwarnings("ignore::DeprecationWarning:twisted.web")
+
+
+class Recording(Resource):
+    """A page that records what it rendered."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rendered: list[bytes] = []
+
+    def render_GET(self, request: Any) -> bytes:
+        self.rendered.append(request.method)
+        return b"ok\n"
+
+
+def connect(site: StatusSite) -> tuple[StatusChannel, StringTransport]:
+    """A new connection to C{site}, as the listening port makes it.
+
+    Its transport's C{disconnected} is set by an abort; C{disconnecting} by any close.
+    """
+    channel = site.buildProtocol(ADDRESS)
+    assert channel is not None
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def lost(channel: StatusChannel) -> None:
+    """What the reactor does on the turn after an abort: the connection is lost."""
+    channel.connectionLost(Failure(ConnectionDone()))
+
+
+def head_of(raw: bytes) -> tuple[int, dict[str, str]]:
+    """Status code and headers (names in lower case) of the first response in C{raw}."""
+    head = raw.partition(b"\r\n\r\n")[0].decode("latin-1")
+    status, *lines = head.split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status.split()[1]), headers
+
+
+@pytest.fixture
+def temp_files(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """Every tempfile.TemporaryFile() call (each gets a BytesIO, so requests run on)."""
+    calls: list[tuple[Any, ...]] = []
+
+    def record(*args: Any, **kwargs: Any) -> BytesIO:
+        calls.append(args)
+        return BytesIO()
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", record)
+    return calls
+
+
+@contextmanager
+def log_events() -> Iterator[list[LogEvent]]:
+    """Every event logged (any level) inside the block."""
+    events: list[LogEvent] = []
+    observer = events.append
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(observer)
+
+
+def test_a_body_is_refused_with_413_before_any_of_it_is_stored(
+    temp_files: list[tuple[Any, ...]],
+) -> None:
+    """A request announcing a 20 MB body gets 413 and a close; no body byte is kept."""
+    page = Recording()
+    channel, transport = connect(StatusSite(page, clock=Clock()))
+    channel.dataReceived(
+        b"POST /status HTTP/1.1\r\nHost: localhost\r\nContent-Length: 20000000\r\n"
+        b"Expect: 100-continue\r\n\r\n" + b"x" * 70_000
+    )
+    for _ in range(3):
+        channel.dataReceived(b"x" * 100_000)
+    code, headers = head_of(transport.value())
+    assert code == 413
+    assert headers["connection"] == "close"
+    assert b"100 Continue" not in transport.value()
+    assert transport.disconnecting
+    assert page.rendered == []
+    assert temp_files == []
+    # Nothing of the body is held: not by the request, not in the line buffer.
+    assert all(request.content is None for request in channel.requests)
+    assert channel.clearLineBuffer() == b""
+
+
+def test_a_chunked_body_is_refused_too(temp_files: list[tuple[Any, ...]]) -> None:
+    """A chunked request (no length, so Twisted would spool it to a file) gets 413 and a close."""
+    page = Recording()
+    channel, transport = connect(StatusSite(page, clock=Clock()))
+    channel.dataReceived(
+        b"GET /status HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"10000\r\n" + b"x" * 0x10000 + b"\r\n"
+    )
+    assert head_of(transport.value())[0] == 413
+    assert transport.disconnecting
+    # The rest of the body, and a request after it, are dropped unread.
+    channel.dataReceived(b"0\r\n\r\nGET /status HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert transport.value().count(b"HTTP/1.1 ") == 1
+    assert page.rendered == []
+    assert temp_files == []
+    assert channel.clearLineBuffer() == b""
+
+
+def test_a_status_request_keeps_no_body_whatever_its_channel_hands_it(
+    temp_files: list[tuple[Any, ...]],
+) -> None:
+    """StatusRequest itself never opens a temporary file and drops body bytes it is given."""
+    for length in (None, 100_000, 20_000_000):
+        request = StatusRequest(DummyChannel())
+        request.gotLength(length)
+        request.handleContentChunk(b"x" * 200_000)
+        assert request.content.getvalue() == b""
+    assert temp_files == []
+
+
+@twisted_error_pages
+def test_a_request_without_a_body_is_served(temp_files: list[tuple[Any, ...]]) -> None:
+    """GET, and POST with Content-Length: 0, reach the pages as before."""
+    page = Recording()
+    channel, transport = connect(StatusSite(page, clock=Clock()))
+    channel.dataReceived(b"GET /status HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert head_of(transport.value())[0] == 200
+    assert transport.value().endswith(b"ok\n")
+    transport.clear()
+    channel.dataReceived(b"POST /status HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")
+    assert head_of(transport.value())[0] == 405
+    assert not transport.disconnecting
+    assert page.rendered == [b"GET"]
+
+
+@twisted_error_pages
+def test_no_server_header_names_a_version(tmp_path: Path) -> None:
+    """No response (200, 404, 405, 501, HEAD, OPTIONS *) carries a Server header."""
+    clock = Clock()
+    service = make_service(tmp_path, clock, RecordingRpc(), size=1)
+    service.startService()
+    try:
+        advance(clock, 1.0)
+        site = StatusSite(GraftResource(service), clock=clock)
+        for request, code in [
+            (b"GET /status", 200),
+            (b"HEAD /status", 200),
+            (b"GET /leader", 200),
+            (b"GET /nope", 404),
+            (b"POST /status", 405),
+            (b"DELETE /status", 501),
+            (b"OPTIONS *", 200),
+        ]:
+            channel, transport = connect(site)
+            channel.dataReceived(request + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            got, headers = head_of(transport.value())
+            assert got == code, request
+            assert "server" not in headers, request
+            assert b"TwistedWeb" not in transport.value()
+    finally:
+        result_of(service.stopService())
+
+
+@twisted_error_pages
+def test_nothing_is_logged_per_request_or_connection() -> None:
+    """Requests (GET, HEAD, 404, 405, 413) and idle timeouts log nothing: no access log."""
+    clock = Clock()
+    root = Resource()
+    root.putChild(b"status", Recording())
+    site = StatusSite(root, clock=clock, idle_timeout=5)
+    with log_events() as events:
+        # Started as a listening port starts it: twisted.web would log to twistd's log.
+        site.doStart()
+        try:
+            for request in [
+                b"GET /status",
+                b"HEAD /status",
+                b"GET /nope",
+                b"HEAD /nope",
+                b"POST /status",
+            ]:
+                channel, transport = connect(site)
+                channel.dataReceived(request + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                assert transport.value().startswith(b"HTTP/1.1 ")
+            channel, transport = connect(site)
+            channel.dataReceived(b"PUT /status HTTP/1.1\r\nContent-Length: 9\r\n\r\n")
+            assert head_of(transport.value())[0] == 413
+            _, transport = connect(site)
+            clock.advance(6)
+            assert transport.disconnected
+        finally:
+            site.doStop()
+    assert [formatEvent(event) for event in events] == []
+
+
+def test_the_cap_evicts_the_least_recently_active_connection() -> None:
+    """Past max_connections a new connection is accepted and the least recently active aborted."""
+    page = Recording()
+    site = StatusSite(page, clock=Clock(), max_connections=3)
+    (a, a_transport), (b, b_transport), (c, c_transport) = (connect(site) for _ in range(3))
+    # a sends the start of a request: now b is the least recently active.
+    a.dataReceived(b"GET /status HTTP/1.1\r\n")
+    d, d_transport = connect(site)
+    assert b_transport.disconnected
+    assert not (a_transport.disconnected or c_transport.disconnected or d_transport.disconnected)
+    assert site.connections == 3
+    lost(b)
+    assert site.connections == 3
+    # The newcomer is served.
+    d.dataReceived(b"GET /status HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert head_of(d_transport.value())[0] == 200
+    _, e_transport = connect(site)
+    assert c_transport.disconnected
+    assert not a_transport.disconnected
+    # A connection that closes by itself frees its place.
+    lost(c)
+    lost(a)
+    _, f_transport = connect(site)
+    assert not (d_transport.disconnected or e_transport.disconnected or f_transport.disconnected)
+    assert site.connections == 3
+
+
+def test_evicted_connections_awaiting_close_are_bounded() -> None:
+    """While max_connections evicted sockets still await their close, new ones are refused."""
+    site = StatusSite(Recording(), clock=Clock(), max_connections=2)
+    (a, _), (b, _) = connect(site), connect(site)
+    (c, _), _ = connect(site), connect(site)  # evict a, then b: not closed yet
+    # The listening port closes the new socket at once when buildProtocol gives None.
+    assert site.buildProtocol(ADDRESS) is None
+    lost(a)
+    _, e_transport = connect(site)  # evicts c
+    assert not e_transport.disconnected
+    assert site.buildProtocol(ADDRESS) is None
+    lost(b)
+    lost(c)
+    assert site.buildProtocol(ADDRESS) is not None
+
+
+def test_an_idle_connection_is_dropped_at_the_deadline() -> None:
+    """A connection that sends nothing is aborted idle_timeout seconds after it opened."""
+    clock = Clock()
+    site = StatusSite(Recording(), clock=clock, idle_timeout=5)
+    _, transport = connect(site)
+    clock.advance(4.9)
+    assert not transport.disconnected
+    clock.advance(0.2)
+    assert transport.disconnected
+
+
+def test_trickled_bytes_do_not_extend_the_deadline() -> None:
+    """A request sent a byte a second is cut at idle_timeout: bytes do not restart the timer."""
+    clock = Clock()
+    site = StatusSite(Recording(), clock=clock, idle_timeout=5)
+    channel, transport = connect(site)
+    for byte in b"GET /status HTTP/1.1\r\nHost:":
+        if transport.disconnected:
+            break
+        channel.dataReceived(bytes([byte]))
+        clock.advance(1)
+    assert transport.disconnected
+    assert clock.seconds() == 5
+
+
+def test_a_response_restarts_the_deadline() -> None:
+    """On a kept-alive connection the idle deadline counts from the last response."""
+    clock = Clock()
+    site = StatusSite(Recording(), clock=clock, idle_timeout=5)
+    channel, transport = connect(site)
+    clock.advance(4)
+    channel.dataReceived(b"GET /status HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert head_of(transport.value())[0] == 200
+    clock.advance(4.9)
+    assert not transport.disconnected
+    clock.advance(0.2)
+    assert transport.disconnected
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"max_connections": 0}, "max_connections must be at least 1"),
+        ({"idle_timeout": 0}, "idle_timeout must be positive"),
+    ],
+)
+def test_status_site_refuses_bad_limits(arguments: dict[str, Any], message: str) -> None:
+    """StatusSite refuses a cap below one connection and a non-positive idle timeout."""
+    with pytest.raises(ValueError, match=message):
+        StatusSite(Recording(), clock=Clock(), **arguments)
