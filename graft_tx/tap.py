@@ -1,16 +1,30 @@
-"""C{twistd graft}: a node as a daemon (the plugin in twisted/plugins names this module)."""
+"""C{twistd graft}: a node as a daemon (the plugin in twisted/plugins names this module).
+
+Local files are checked before anything starts, because the daemon often
+runs as root: the state file's directory must be writable by its owner only
+(anyone else could plant the state file, which decides the node's id and
+vote) and an existing state file must belong to this user and be writable by
+it alone; files holding secrets (C{--secret-file} and the NATS secret files)
+must not be readable by others nor writable by anyone but their owner. A
+group may read a secret (0640, for a service group). Symbolic links are
+never followed to the state file or the event log, but a secret file may be
+one (Kubernetes mounts secrets as links): its target is checked. Secrets are
+never taken on the command line, where C{ps} shows them to every local user.
+"""
 
 from __future__ import annotations
 
 import os
+import shlex
+import stat
 import sys
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.python import usage
-from twisted.web.server import Site
 
 from graft_tx.cluster import ClusterInfo, Timing
 from graft_tx.errors import GraftError, NodeIdError
@@ -23,20 +37,31 @@ from graft_tx.service import GraftService
 from graft_tx.statefile import decode_state
 from graft_tx.transport.nats import NatsRpc
 from graft_tx.transport.tcp import TcpRpc
-from graft_tx.web import GraftResource
+from graft_tx.web import GraftResource, StatusSite
 
-# Option name -> NatsRpc keyword.
+# Option name -> NatsRpc keyword, for the options passed on as given.
 NATS_OPTIONS = {
     "nats-name": "name",
     "nats-user": "user",
-    "nats-password": "password",
-    "nats-token": "token",
     "nats-credentials": "credentials",
     "nats-nkey-seed": "nkey_seed",
     "nats-tls-ca": "tls_ca",
     "nats-tls-cert": "tls_cert",
     "nats-tls-key": "tls_key",
 }
+# Option name -> NatsRpc keyword, for secrets passed as the content of a file.
+NATS_SECRET_FILES = {
+    "nats-password-file": "password",
+    "nats-token-file": "token",
+}
+# The options naming files that hold secrets: others must not read them.
+SECRET_FILE_OPTIONS = (
+    "secret-file",
+    *NATS_SECRET_FILES,
+    "nats-credentials",
+    "nats-nkey-seed",
+    "nats-tls-key",
+)
 DEFAULT_NATS = "nats://127.0.0.1:4222"
 DEFAULT_SIZE = 3
 
@@ -65,7 +90,8 @@ class Options(usage.Options):
          "Nodes of higher priority campaign first and take over from lower ones; 0 never "
          "leads."],
         ["listen", None, None, "TCP: the server endpoint for peers, such as tcp:7001."],
-        ["secret-file", None, None, "TCP: a file holding the cluster's shared secret."],
+        ["secret-file", None, None,
+         "TCP: a file holding the cluster's shared secret (mode 0600 or 0640)."],
         ["election-timeout", None, None,
          "MIN-MAX seconds a follower waits for a leader before it campaigns. Default: 0.5-1.0."],
         ["heartbeat", None, None, "Seconds between a leader's heartbeats. Default: 0.1."],
@@ -81,13 +107,15 @@ class Options(usage.Options):
         ["hook-timeout", None, "30", "Seconds a hook may run before it is killed."],
         ["nats-name", None, None, "NATS: the connection's name, shown by the server."],
         ["nats-user", None, None, "NATS: user name."],
-        ["nats-password", None, None, "NATS: password."],
-        ["nats-token", None, None, "NATS: authentication token."],
-        ["nats-credentials", None, None, "NATS: a .creds file."],
-        ["nats-nkey-seed", None, None, "NATS: an nkey seed file."],
+        ["nats-password-file", None, None,
+         "NATS: a file holding --nats-user's password on one line (mode 0600 or 0640)."],
+        ["nats-token-file", None, None,
+         "NATS: a file holding the authentication token on one line (mode 0600 or 0640)."],
+        ["nats-credentials", None, None, "NATS: a .creds file (mode 0600 or 0640)."],
+        ["nats-nkey-seed", None, None, "NATS: an nkey seed file (mode 0600 or 0640)."],
         ["nats-tls-ca", None, None, "NATS: the CA file to trust."],
         ["nats-tls-cert", None, None, "NATS: the client certificate file."],
-        ["nats-tls-key", None, None, "NATS: the client key file."],
+        ["nats-tls-key", None, None, "NATS: the client key file (mode 0600 or 0640)."],
     ]  # fmt: skip
     optFlags: ClassVar[list[list[Any]]] = [
         ["hook-shell", None, "Run hooks through /bin/sh -c (default: run them directly)."],
@@ -103,8 +131,18 @@ class Options(usage.Options):
         self["peers"].append(endpoint)
 
     def opt_nats(self, url: str) -> None:
-        """NATS: a server URL (repeatable). Default: nats://127.0.0.1:4222."""
+        """NATS: a server URL (repeatable), without credentials in it. Default:
+        nats://127.0.0.1:4222."""
+        _refuse_credentials_in_url(url)
         self["nats"].append(url)
+
+    def opt_nats_password(self, password: str) -> None:
+        """Refused: ps shows it to every local user. Use --nats-password-file."""
+        raise usage.UsageError(_on_command_line("--nats-password", "password"))
+
+    def opt_nats_token(self, token: str) -> None:
+        """Refused: ps shows it to every local user. Use --nats-token-file."""
+        raise usage.UsageError(_on_command_line("--nats-token", "token"))
 
     def postOptions(self) -> None:
         cluster = self["cluster"]
@@ -114,7 +152,7 @@ class Options(usage.Options):
         if transport not in ("nats", "tcp"):
             raise usage.UsageError(f"--transport must be nats or tcp, not {transport!r}")
         self["transport"] = transport
-        nats_given = [name for name in NATS_OPTIONS if self[name]] + (
+        nats_given = [name for name in (*NATS_OPTIONS, *NATS_SECRET_FILES) if self[name]] + (
             ["nats"] if self["nats"] else []
         )
         tcp_given = [name for name in ("listen", "secret-file") if self[name]]
@@ -152,6 +190,14 @@ class Options(usage.Options):
                 raise usage.UsageError(str(e)) from None
         self["timing"] = self._timing()
         self["secret"] = self._secret()
+        self["nats-secrets"] = {
+            key: _read_line(name, self[name])
+            for name, key in NATS_SECRET_FILES.items()
+            if self[name] is not None
+        }
+        for name in ("nats-credentials", "nats-nkey-seed", "nats-tls-key"):
+            if self[name] is not None:
+                _check_secret_file(name, self[name])
         self["hook-timeout"] = _positive("--hook-timeout", self["hook-timeout"])
         self["hooks"] = HookCommands(
             *(self._hook(name) for name in ("on-leader", "on-follower", "on-change"))
@@ -160,11 +206,17 @@ class Options(usage.Options):
         directory = os.path.dirname(os.path.abspath(self["state-file"]))
         if not os.path.isdir(directory):
             raise usage.UsageError(f"--state-file: the directory {directory} does not exist")
+        _check_state_directory(directory)
         self._check_state_file()
         if self["event-log"] is not None:
             directory = os.path.dirname(os.path.abspath(self["event-log"]))
             if not os.path.isdir(directory):
                 raise usage.UsageError(f"--event-log: the directory {directory} does not exist")
+            if os.path.islink(self["event-log"]):
+                raise usage.UsageError(
+                    f"--event-log: {self['event-log']} is a symbolic link, and graft_tx does not "
+                    "follow links for its event log: give the real file's path"
+                )
         if transport == "nats":
             _use_asyncio_reactor()
 
@@ -173,15 +225,33 @@ class Options(usage.Options):
 
         The node checks again in new(); this check only spares the user
         twistd's traceback for the common mistakes. It reads, never creates.
+        It also refuses what the node would use but should not trust: a
+        symbolic link, or a file that another user owns or may change (it
+        decides the node's id and vote).
         """
         path = self["state-file"]
         try:
-            with open(path, "rb") as f:
-                content = f.read()
+            # O_NONBLOCK: a FIFO planted there must not hang the start.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return
         except OSError as e:
+            if os.path.islink(path):
+                raise usage.UsageError(
+                    f"--state-file: {path} is a symbolic link, and graft_tx does not follow "
+                    "links for its state file: give the real file's path"
+                ) from None
             raise usage.UsageError(f"--state-file: cannot read {path}: {e.strerror}") from None
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                raise usage.UsageError(f"--state-file: cannot read {path}: not a regular file")
+            _check_state_file_owner(path, status)
+            content = _read_all(fd)
+        except OSError as e:
+            raise usage.UsageError(f"--state-file: cannot read {path}: {e.strerror}") from None
+        finally:
+            os.close(fd)
         try:
             saved = decode_state(content, path)
         except GraftError as e:
@@ -240,14 +310,128 @@ class Options(usage.Options):
         path = self["secret-file"]
         if path is None:
             return None
-        try:
-            with open(path, "rb") as f:
-                secret = f.read().strip()
-        except OSError as e:
-            raise usage.UsageError(f"--secret-file: cannot read {path}: {e.strerror}") from None
+        secret = _read_secret_file("secret-file", path).strip()
         if not secret:
             raise usage.UsageError(f"--secret-file: {path} is empty")
         return secret
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _on_command_line(option: str, what: str) -> str:
+    return (
+        f"{option} puts the {what} where every local user can read it (ps); "
+        f"write it to a file only this user can read and give {option}-file PATH"
+    )
+
+
+def _refuse_credentials_in_url(url: str) -> None:
+    """Refuse a --nats URL carrying a password or token (nats://user:pass@host,
+    nats://token@host), which ps would show; the message does not repeat them."""
+    try:
+        netloc = urlsplit(url if "://" in url else "nats://" + url).netloc
+    except ValueError:
+        netloc = url
+    if "@" not in netloc:
+        return
+    host = netloc.rpartition("@")[2]
+    raise usage.UsageError(
+        f"--nats: the URL for {host} carries credentials, which every local user can read "
+        "(ps); give the server without them and the password in --nats-password-file "
+        "(with --nats-user) or the token in --nats-token-file"
+    )
+
+
+def _check_state_directory(directory: str) -> None:
+    """Refuse a state file's directory where another user could create or
+    replace files: writable by group or others (sticky or not: whoever can
+    create a name there can plant the state file before the node first
+    starts), or owned by another user than this one or root."""
+    status = os.stat(directory)
+    mode = stat.S_IMODE(status.st_mode)
+    where = f"--state-file: the directory {directory} (mode {mode:04o})"
+    if mode & 0o002 and mode & stat.S_ISVTX:
+        raise usage.UsageError(
+            f"{where} is shared with every local user, who could plant this node's state file; "
+            f"keep it in a directory of its own, such as one made with 'mkdir -m 700 DIR'"
+        )
+    if mode & 0o022:
+        who = "other users" if mode & 0o002 else "its group's members"
+        raise usage.UsageError(
+            f"{where} is writable by {who}, who could plant or replace this node's state file; "
+            f"run 'chmod go-w {shlex.quote(directory)}' or keep the state file elsewhere"
+        )
+    if status.st_uid not in (os.geteuid(), 0):
+        raise usage.UsageError(
+            f"{where} belongs to uid {status.st_uid}, who could replace this node's state file; "
+            f"keep it in a directory owned by this user (uid {os.geteuid()}) or root"
+        )
+
+
+def _check_state_file_owner(path: str, status: os.stat_result) -> None:
+    """Refuse an existing state file that another user owns or may change."""
+    mode = stat.S_IMODE(status.st_mode)
+    if status.st_uid != os.geteuid():
+        raise usage.UsageError(
+            f"--state-file: {path} belongs to uid {status.st_uid}, not to this user "
+            f"(uid {os.geteuid()}), and it decides this node's id and vote; "
+            f"run 'chown {os.geteuid()} {shlex.quote(path)}' if it is this node's"
+        )
+    if mode & 0o022:
+        raise usage.UsageError(
+            f"--state-file: {path} has mode {mode:04o}: others may change it, and it decides "
+            f"this node's id and vote; run 'chmod 600 {shlex.quote(path)}'"
+        )
+
+
+def _check_secret_mode(option: str, path: str, status: os.stat_result) -> None:
+    """Refuse a secret file that others may read, or that anyone but its
+    owner may change. A group may read it (0640, for a service group)."""
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & 0o026:
+        raise usage.UsageError(
+            f"--{option}: {path} has mode {mode:04o}, so other users can read or change the "
+            f"secret it holds; run 'chmod 600 {shlex.quote(path)}' (or 640 to share it with "
+            "a group)"
+        )
+
+
+def _read_secret_file(option: str, path: str) -> bytes:
+    """The content of a secret file, once its mode is checked (on the file a
+    symbolic link leads to: secrets mounted as links are fine)."""
+    try:
+        with open(path, "rb") as f:
+            _check_secret_mode(option, path, os.fstat(f.fileno()))
+            return f.read()
+    except OSError as e:
+        raise usage.UsageError(f"--{option}: cannot read {path}: {e.strerror}") from None
+
+
+def _check_secret_file(option: str, path: str) -> None:
+    """Refuse a secret file that cannot be read or has a bad mode; nats-py reads it later."""
+    _read_secret_file(option, path)
+
+
+def _read_line(option: str, path: str) -> str:
+    """A password or token: the file's one line, without its line ending."""
+    content = _read_secret_file(option, path)
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise usage.UsageError(f"--{option}: {path} is not UTF-8 text") from None
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text.strip():
+        raise usage.UsageError(f"--{option}: {path} is empty")
+    if "\n" in text or "\r" in text:
+        raise usage.UsageError(
+            f"--{option}: {path} holds more than one line; it must hold the secret alone"
+        )
+    return text
 
 
 def _positive(option: str, text: str) -> float:
@@ -291,6 +475,7 @@ def make_rpc(options: Options) -> IRpc:
     if options["transport"] == "tcp":
         return TcpRpc(options["listen"], options["peers"], secret=options["secret"])
     nats = {key: options[name] for name, key in NATS_OPTIONS.items() if options[name]}
+    nats.update(options.get("nats-secrets") or {})
     return NatsRpc(options["nats"] or DEFAULT_NATS, **nats)
 
 
@@ -325,7 +510,9 @@ def makeService(options: Options) -> IService:
     if runner is not None:
         _HookService(runner).setServiceParent(top)
     if options["status"]:
-        site = Site(GraftResource(graft))
+        # Read-only and bounded: no request bodies, at most 32 connections (the least
+        # recently active evicted), 10 s idle deadline, no access log (graft_tx.web).
+        site = StatusSite(GraftResource(graft))
         status = strports.service(options["status"], site)
         status.setName("status")
         status.setServiceParent(top)

@@ -574,6 +574,47 @@ def test_refused_state_file_exits_with_the_usage_error(
     assert state_file.read_bytes() == content
 
 
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        (
+            "secret",
+            ["--secret-file", "secret"],
+            "--secret-file: secret has mode 0644, so other users can read or change the secret",
+        ),
+        (
+            "shared",
+            ["--state-file", "shared/m.state"],
+            "(mode 1777) is shared with every local user",
+        ),
+        (None, ["--nats-password", "hunter2"], "--nats-password puts the password where every"),
+    ],
+)  # fmt: skip
+def test_unsafe_local_files_and_secrets_exit_with_the_usage_error(
+    spawn: Spawner, setup: str | None, args: list[str], message: str
+) -> None:
+    """twistd graft refuses a secret file others can read, a state directory others can write
+    and a password on the command line, in one line, exit 1, creating no state file."""
+    if setup == "secret":
+        secret = spawn.cwd / "secret"
+        secret.write_text("a long shared secret\n")
+        secret.chmod(0o644)
+    elif setup == "shared":
+        (spawn.cwd / "shared").mkdir()
+        (spawn.cwd / "shared").chmod(0o1777)
+    done = spawn.run(
+        [*TWISTD, "-n", "--pidfile=", "graft", "--cluster", "c", "--transport", "tcp",
+         "--listen", f"tcp:{free_port()}:interface=127.0.0.1", *args],
+        timeout=20,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout
+    line = last_line(done.stdout)
+    assert message in line, line
+    assert "Traceback" not in done.stdout
+    assert "hunter2" not in done.stdout
+    assert not list(spawn.cwd.glob("**/*.state"))
+
+
 # -- graft demo -----------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -63,6 +64,15 @@ def tcp_args(*extra: str) -> list[str]:
     return ["--cluster", "c", "--listen", "tcp:7001", *extra]
 
 
+def private(path: Path, content: bytes | str, mode: int = 0o600) -> Path:
+    """Write a secret file with C{mode} (0600 by default), whatever the umask."""
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    path.write_bytes(content)
+    path.chmod(mode)
+    return path
+
+
 # -- good combinations -----------------------------------------------------------
 
 
@@ -94,16 +104,19 @@ def test_repeated_nats_urls_all_reach_the_transport() -> None:
     assert servers_of(rpc) == ["nats://a:4222", "tls://b:4223"]
 
 
-def test_nats_auth_options_map_to_connection_options() -> None:
-    """--nats-name/-user/-password/-token/-credentials/-nkey-seed become NatsRpc keywords."""
+def test_nats_auth_options_map_to_connection_options(tmp_path: Path) -> None:
+    """--nats-name/-user/-password-file/-token-file/-credentials/-nkey-seed become NatsRpc
+    keywords: the password and token files' content, the other files' paths."""
+    creds = private(tmp_path / "user.creds", "creds")
+    seed = private(tmp_path / "seed.nk", "seed")
     options = parse(
         "--cluster", "hm",
         "--nats-name", "node-7",
         "--nats-user", "alice",
-        "--nats-password", "pw",
-        "--nats-token", "tok",
-        "--nats-credentials", "/etc/graft/user.creds",
-        "--nats-nkey-seed", "/etc/graft/seed.nk",
+        "--nats-password-file", str(private(tmp_path / "password", "pw\n")),
+        "--nats-token-file", str(private(tmp_path / "token", "tok")),
+        "--nats-credentials", str(creds),
+        "--nats-nkey-seed", str(seed),
     )  # fmt: skip
     rpc = make_rpc(options)
     assert isinstance(rpc, NatsRpc)
@@ -112,8 +125,8 @@ def test_nats_auth_options_map_to_connection_options() -> None:
         "user": "alice",
         "password": "pw",
         "token": "tok",
-        "credentials": "/etc/graft/user.creds",
-        "nkey_seed": "/etc/graft/seed.nk",
+        "credentials": str(creds),
+        "nkey_seed": str(seed),
     }
 
 
@@ -124,6 +137,7 @@ def test_nats_tls_options_map_to_connection_options(tmp_path: Path) -> None:
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     issued.cert_chain_pems[0].write_to_path(str(tmp_path / "client.pem"))
     issued.private_key_pem.write_to_path(str(tmp_path / "client.key"))
+    (tmp_path / "client.key").chmod(0o600)
     options = parse(
         "--cluster", "hm",
         "--nats", "tls://127.0.0.1:4222",
@@ -222,8 +236,7 @@ def test_hook_timeout() -> None:
 
 def test_secret_file_read_and_stripped(tmp_path: Path) -> None:
     """--secret-file is read as bytes without surrounding whitespace and given to TcpRpc."""
-    secret = tmp_path / "secret"
-    secret.write_bytes(b"  s3cret value\n\n")
+    secret = private(tmp_path / "secret", b"  s3cret value\n\n")
     options = parse(*tcp_args("--peer", "tcp:a:1", "--secret-file", str(secret)))
     assert options["secret"] == b"s3cret value"
     rpc = make_rpc(options)
@@ -266,8 +279,8 @@ def test_unknown_transport() -> None:
     [
         (["--nats", "nats://a:4222"], "--nats"),
         (["--nats-user", "u"], "--nats-user"),
-        (["--nats-password", "p"], "--nats-password"),
-        (["--nats-token", "t"], "--nats-token"),
+        (["--nats-password-file", "p"], "--nats-password-file"),
+        (["--nats-token-file", "t"], "--nats-token-file"),
         (["--nats-name", "n"], "--nats-name"),
         (["--nats-credentials", "x.creds"], "--nats-credentials"),
         (["--nats-nkey-seed", "x.nk"], "--nats-nkey-seed"),
@@ -349,8 +362,7 @@ def test_secret_file_unreadable(tmp_path: Path) -> None:
 @pytest.mark.parametrize("content", [b"", b" \n\t\n"])
 def test_secret_file_empty(tmp_path: Path, content: bytes) -> None:
     """An empty (or all-whitespace) --secret-file is refused as empty."""
-    path = tmp_path / "secret"
-    path.write_bytes(content)
+    path = private(tmp_path / "secret", content)
     refused(tcp_args("--peer", "tcp:a:1", "--secret-file", str(path)), "--secret-file", "empty")
 
 
@@ -797,3 +809,300 @@ def test_protocol_and_priority_reach_the_service() -> None:
 def test_bad_protocol_or_priority(args: list[str], fragment: str) -> None:
     """A bad --protocol or --priority is refused with a one-line message."""
     refused(["--cluster", "c", *args], fragment)
+
+
+# -- local files: permissions and links ------------------------------------------
+
+OTHER_UID = 54321
+
+
+def state_dir(tmp_path: Path, mode: int) -> Path:
+    directory = tmp_path / "d"
+    directory.mkdir()
+    directory.chmod(mode)
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("mode", "fragments"),
+    [
+        (0o777, ("mode 0777", "writable by other users", "chmod go-w")),
+        (0o1777, ("mode 1777", "shared with every local user", "mkdir -m 700")),
+        (0o1733, ("mode 1733", "shared with every local user")),
+        (0o757, ("mode 0757", "writable by other users", "chmod go-w")),
+        (0o775, ("mode 0775", "writable by its group's members", "chmod go-w")),
+        (0o2770, ("mode 2770", "writable by its group's members", "chmod go-w")),
+    ],
+)
+def test_state_directory_writable_by_others_refused(
+    tmp_path: Path, mode: int, fragments: tuple[str, ...]
+) -> None:
+    """A state file's directory that others (or its group) may write to is refused, with its
+    mode and the fix; nothing is created there."""
+    directory = state_dir(tmp_path, mode)
+    refused(
+        ["--cluster", "c", "--state-file", str(directory / "n.state")],
+        f"--state-file: the directory {directory}",
+        *fragments,
+    )
+    assert list(directory.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", [0o700, 0o755, 0o750, 0o705])
+def test_state_directory_writable_by_its_owner_only_accepted(tmp_path: Path, mode: int) -> None:
+    """A state file's directory that only its owner may write to is accepted."""
+    directory = state_dir(tmp_path, mode)
+    assert parse("--cluster", "c", "--state-file", str(directory / "n.state"))["cluster"] == "c"
+
+
+def test_default_state_file_in_a_shared_directory_refused(tmp_path: Path) -> None:
+    """Without --state-file, a current directory like /tmp (1777) is refused too."""
+    os.chdir(state_dir(tmp_path, 0o1777))
+    refused(["--cluster", "c"], "--state-file: the directory", "shared with every local user")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_state_directory_of_another_user_refused(tmp_path: Path) -> None:
+    """A state file's directory owned by another user (not root) is refused, naming the uid."""
+    directory = state_dir(tmp_path, 0o755)
+    os.chown(directory, OTHER_UID, -1)
+    refused(
+        ["--cluster", "c", "--state-file", str(directory / "n.state")],
+        str(directory),
+        f"belongs to uid {OTHER_UID}",
+    )
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o662, 0o646, 0o666])
+def test_state_file_others_may_change_refused(tmp_path: Path, mode: int) -> None:
+    """An existing state file writable by group or others is refused with its mode and
+    'chmod 600'; it is left as it was."""
+    path = tmp_path / "n.state"
+    StateFile(str(path)).save(PersistentState(4, "a", "a"))
+    path.chmod(mode)
+    refused(
+        ["--cluster", "c", "--state-file", str(path)],
+        "--state-file",
+        str(path),
+        f"mode {mode:04o}",
+        f"chmod 600 {path}",
+    )
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o644, 0o400])
+def test_state_file_only_its_owner_may_change_accepted(tmp_path: Path, mode: int) -> None:
+    """An existing state file that only its owner may write is accepted, its mode unchanged."""
+    path = tmp_path / "n.state"
+    StateFile(str(path)).save(PersistentState(4, "a", "a"))
+    path.chmod(mode)
+    assert parse("--cluster", "c", "--state-file", str(path))["state-file"] == str(path)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_state_file_of_another_user_refused(tmp_path: Path) -> None:
+    """An existing state file owned by another user is refused, naming both uids."""
+    path = tmp_path / "n.state"
+    StateFile(str(path)).save(PersistentState(4, "a", "a"))
+    os.chown(path, OTHER_UID, -1)
+    refused(
+        ["--cluster", "c", "--state-file", str(path)],
+        f"belongs to uid {OTHER_UID}",
+        f"uid {os.geteuid()}",
+    )
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["to a state file", "dangling"])
+def test_state_file_symlink_refused(tmp_path: Path, dangling: bool) -> None:
+    """A symbolic link at the state path is refused, dangling or not; its target is not created."""
+    target = tmp_path / "real.state"
+    if not dangling:
+        StateFile(str(target)).save(PersistentState(4, "a", "a"))
+    path = tmp_path / "n.state"
+    os.symlink(target, path)
+    refused(
+        ["--cluster", "c", "--state-file", str(path)],
+        "--state-file",
+        str(path),
+        "is a symbolic link",
+        "does not follow links",
+    )
+    assert os.path.lexists(target) == (not dangling)
+
+
+def test_state_file_fifo_refused_without_hanging(tmp_path: Path) -> None:
+    """A FIFO at the state path is refused at once as not a regular file."""
+    path = tmp_path / "n.state"
+    os.mkfifo(path)
+
+    def hung(signum: int, frame: object) -> None:
+        raise AssertionError("opening the FIFO blocked")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    try:
+        refused(["--cluster", "c", "--state-file", str(path)], "--state-file", "not a regular file")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o606, 0o660, 0o620, 0o666])
+def test_secret_file_others_may_read_or_change_refused(tmp_path: Path, mode: int) -> None:
+    """A --secret-file readable or writable by others, or writable by its group, is refused
+    with its mode and 'chmod 600'."""
+    path = private(tmp_path / "secret", "s3cret", mode)
+    refused(
+        tcp_args("--peer", "tcp:a:1", "--secret-file", str(path)),
+        "--secret-file",
+        str(path),
+        f"mode {mode:04o}",
+        f"chmod 600 {path}",
+    )
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o400, 0o440])
+def test_secret_file_private_or_group_readable_accepted(tmp_path: Path, mode: int) -> None:
+    """A --secret-file only its owner may change, and only its group may also read, is used."""
+    path = private(tmp_path / "secret", "s3cret", mode)
+    assert parse(*tcp_args("--peer", "tcp:a:1", "--secret-file", str(path)))["secret"] == (
+        b"s3cret"
+    )
+
+
+def test_symlinked_secret_file_is_judged_by_its_target(tmp_path: Path) -> None:
+    """A --secret-file that is a link (as Kubernetes mounts secrets) is used when the file it
+    leads to is private, and refused when that file is readable by others."""
+    target = private(tmp_path / "..data-secret", "s3cret")
+    link = tmp_path / "secret"
+    os.symlink(target, link)
+    assert parse(*tcp_args("--peer", "tcp:a:1", "--secret-file", str(link)))["secret"] == (
+        b"s3cret"
+    )
+    target.chmod(0o644)
+    refused(tcp_args("--peer", "tcp:a:1", "--secret-file", str(link)), "mode 0644")
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["--nats-password-file", "--nats-token-file", "--nats-credentials", "--nats-nkey-seed"],
+)
+def test_nats_secret_files_others_may_read_refused(tmp_path: Path, option: str) -> None:
+    """Every NATS file holding a secret is refused when others may read it; 0640 is accepted."""
+    path = private(tmp_path / "f", "secret", 0o644)
+    refused(["--cluster", "c", option, str(path)], option, str(path), "mode 0644", "chmod 600")
+    path.chmod(0o640)
+    parse("--cluster", "c", option, str(path))
+
+
+def test_nats_tls_key_others_may_read_refused(tmp_path: Path) -> None:
+    """--nats-tls-key readable by others is refused; the certificate and CA may be public."""
+    cert = private(tmp_path / "client.pem", "cert", 0o644)
+    key = private(tmp_path / "client.key", "key", 0o644)
+    args = ["--cluster", "c", "--nats-tls-cert", str(cert), "--nats-tls-key", str(key)]
+    refused(args, "--nats-tls-key", str(key), "mode 0644")
+    key.chmod(0o600)
+    assert parse(*args)["nats-tls-key"] == str(key)
+
+
+@pytest.mark.parametrize("option", ["--nats-credentials", "--nats-nkey-seed", "--nats-tls-key"])
+def test_nats_secret_file_missing_refused(tmp_path: Path, option: str) -> None:
+    """A NATS secret file that does not exist is refused at once, naming it."""
+    path = str(tmp_path / "missing")
+    refused(["--cluster", "c", option, path], option, "cannot read", path)
+
+
+# -- secrets never on the command line -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "value"),
+    [
+        ("pw", "pw"),
+        ("pw\n", "pw"),
+        ("pw\r\n", "pw"),
+        (" p w \n", " p w "),
+        ("pässwörd\n", "pässwörd"),
+    ],
+)
+def test_nats_password_and_token_files_are_read(tmp_path: Path, content: str, value: str) -> None:
+    """--nats-password-file and --nats-token-file give NatsRpc the file's line, without its
+    line ending, exactly as the old --nats-password and --nats-token did."""
+    options = parse(
+        "--cluster", "hm",
+        "--nats-user", "alice",
+        "--nats-password-file", str(private(tmp_path / "password", content)),
+    )  # fmt: skip
+    rpc = make_rpc(options)
+    assert isinstance(rpc, NatsRpc)
+    assert rpc._options == {"user": "alice", "password": value}
+    options = parse("--cluster", "hm", "--nats-token-file", str(private(tmp_path / "t", content)))
+    rpc = make_rpc(options)
+    assert isinstance(rpc, NatsRpc)
+    assert rpc._options == {"token": value}
+
+
+@pytest.mark.parametrize("option", ["--nats-password-file", "--nats-token-file"])
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"", "is empty"),
+        (b"\n", "is empty"),
+        (b"  \r\n", "is empty"),
+        (b"one\ntwo\n", "more than one line"),
+        (b"\xff\xfe", "not UTF-8"),
+    ],
+)
+def test_nats_password_and_token_files_bad_content_refused(
+    tmp_path: Path, option: str, content: bytes, fragment: str
+) -> None:
+    """An empty, blank, multi-line or non-UTF-8 password or token file is refused, naming it."""
+    path = private(tmp_path / "f", content)
+    refused(["--cluster", "c", option, str(path)], option, str(path), fragment)
+
+
+@pytest.mark.parametrize("option", ["--nats-password-file", "--nats-token-file"])
+def test_nats_password_and_token_files_unreadable_refused(tmp_path: Path, option: str) -> None:
+    """A missing password or token file, or a directory, is refused in one line."""
+    missing = str(tmp_path / "missing")
+    refused(["--cluster", "c", option, missing], option, "cannot read", missing)
+    refused(["--cluster", "c", option, str(tmp_path)], option, "cannot read", str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("option", "what"), [("--nats-password", "password"), ("--nats-token", "token")]
+)
+@pytest.mark.parametrize("transport", [[], ["--transport", "tcp", "--listen", "tcp:0"]])
+def test_secrets_on_the_command_line_refused(option: str, what: str, transport: list[str]) -> None:
+    """The old --nats-password and --nats-token are refused, saying why and what to use,
+    without repeating the secret."""
+    message = refused(
+        ["--cluster", "c", *transport, option, "hunter2"],
+        f"{option} puts the {what} where every local user can read it (ps)",
+        f"{option}-file",
+    )
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "nats://alice:hunter2@127.0.0.1:4222",
+        "nats://hunter2@127.0.0.1:4222",
+        "tls://alice:hunter2@127.0.0.1:4222",
+        "alice:hunter2@127.0.0.1:4222",
+        "nats://:hunter2@127.0.0.1:4222",
+    ],
+)
+def test_nats_url_with_credentials_refused(url: str) -> None:
+    """A --nats URL carrying a password or token is refused, pointing to the -file options,
+    without repeating the secret."""
+    message = refused(
+        ["--cluster", "c", "--nats", "nats://ok:4222", "--nats", url],
+        "--nats",
+        "127.0.0.1:4222",
+        "--nats-password-file",
+        "--nats-token-file",
+    )
+    assert "hunter2" not in message
