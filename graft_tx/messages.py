@@ -14,6 +14,9 @@ from graft_tx.errors import MessageError
 # graft's terms are uint64 on the wire.
 MAX_TERM = 2**64 - 1
 MAX_PRIORITY = 2**32 - 1
+# Ids go into subjects, log lines and files: a megabyte from a stranger must
+# not. Far above any id a deployment uses (Go graft's are 22 characters).
+MAX_ID_LENGTH = 255
 
 
 def _check_term(term: object) -> None:
@@ -29,6 +32,11 @@ def check_id(name: str, value: object, *, allow_empty: bool = False) -> None:
         raise MessageError(f"{name} must be a str, not {value!r}")
     if not value and not allow_empty:
         raise MessageError(f"{name} must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise MessageError(
+            f"{name} must be at most {MAX_ID_LENGTH} characters, not {len(value)} "
+            f"({value[:20]!r}...)"
+        )
     if not value.isprintable() or not _encodable(value):
         raise MessageError(f"{name} must be printable UTF-8 text, not {value!r}")
 

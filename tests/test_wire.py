@@ -17,6 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from graft_tx import Heartbeat, HeartbeatAck, VoteRequest, VoteResponse
+from graft_tx.errors import MessageError
+from graft_tx.messages import MAX_ID_LENGTH
 from graft_tx.transport import graft_pb2 as pb
 from graft_tx.transport import wire
 from graft_tx.transport.wire import (
@@ -660,3 +662,16 @@ def test_decoding_agrees_with_an_independent_model(
             decode(data, size)
     else:
         assert decode(data, size) == expected
+
+
+def test_ids_longer_than_the_limit_are_refused() -> None:
+    """An id of more than MAX_ID_LENGTH characters (a megabyte from a stranger) is refused,
+    and the error quotes only its start; one of exactly the limit passes."""
+    longest = "n" * MAX_ID_LENGTH
+    assert wire.decode_heartbeat(wire.encode(Heartbeat(1, longest), 3), 3).leader == longest
+    huge = pb.Heartbeat(term=1, leader="x" * 1_000_000, cluster_size=3).SerializeToString()
+    with pytest.raises(WireError) as raised:
+        wire.decode_heartbeat(huge, 3)
+    assert len(str(raised.value)) < 200
+    with pytest.raises(MessageError):
+        HeartbeatAck(1, "y" * (MAX_ID_LENGTH + 1), 1)
