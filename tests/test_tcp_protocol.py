@@ -1035,35 +1035,48 @@ def test_a_newcomer_is_not_trimmed_before_it_could_say_hello() -> None:
     assert peer.open and all(conn.open for conn in flood)
 
 
-def test_an_address_beyond_the_hard_limit_is_refused_at_once() -> None:
-    """One address gets at most HARD_LIMIT_FACTOR x N pending handshakes; the next is
-    aborted at once, while another address is still taken."""
+def test_beyond_the_hard_limit_a_newcomer_pushes_out_the_oldest() -> None:
+    """With HARD_LIMIT_FACTOR x N handshakes pending, a newcomer is still taken and the
+    oldest one goes, at once; each address then keeps its own N past the trim."""
     b = Peer("b", max_pending_handshakes=3)
     hard = 3 * HARD_LIMIT_FACTOR
     pending = [b.accept() for _ in range(hard)]
-    extra = b.accept()
-    assert all(conn.open for conn in pending)
-    assert not extra.open and extra.transport.aborted
-    assert extra.transport.value() == b""
-    assert any(f"{hard} handshakes from its address already pending" in t for t in b.warnings())
-    assert b.rpc.invalid_messages == 1
     elsewhere = b.accept("127.0.0.2")
     assert elsewhere.open
+    assert [conn.open for conn in pending] == [False] + [True] * (hard - 1)
+    assert pending[0].transport.aborted and pending[0].transport.value() == b""
+    assert any("to make room" in text for text in b.warnings())
     b.reactor.advance(PROVE_WITHIN)
-    # Each address keeps its own N.
     assert sum(conn.open for conn in pending) == 3 and elsewhere.open
 
 
 def test_a_crowded_node_pushes_out_the_address_that_holds_the_most() -> None:
-    """When all addresses together hold twice the hard limit, a newcomer from another
-    address takes the oldest slot of the address that holds the most."""
+    """At the hard limit, a newcomer takes the oldest slot of the address that holds the
+    most, not the oldest slot of all."""
     b = Peer("b", max_pending_handshakes=1)
-    hard = HARD_LIMIT_FACTOR
-    crowd = [b.accept(f"127.0.0.{i}") for i in (1, 2) for _ in range(hard)]
-    assert all(conn.open for conn in crowd)
+    few = [b.accept("127.0.0.1") for _ in range(2)]
+    many = [b.accept("127.0.0.2") for _ in range(HARD_LIMIT_FACTOR - 2)]
     newcomer = b.accept("127.0.0.3")
-    assert newcomer.open
-    assert [conn.open for conn in crowd] == [False] + [True] * (2 * hard - 1)
+    assert newcomer.open and all(conn.open for conn in few)
+    assert [conn.open for conn in many] == [False] + [True] * (len(many) - 1)
+
+
+def test_when_every_pending_handshake_is_proven_a_newcomer_is_refused() -> None:
+    """Handshakes whose hellos carried fresh tickets are never pushed out: at the hard
+    limit with only those pending, the newcomer is refused at once."""
+    b = Peer("b", secret=SECRET, max_pending_handshakes=1)
+    proven = []
+    for _ in range(HARD_LIMIT_FACTOR):
+        nonce = new_nonce()
+        conn = b.accept()
+        conn.receive_line(
+            {**hello("a", nonce=nonce), "ticket": Keys(SECRET).ticket(nonce, "c", "a")}
+        )
+        proven.append(conn)
+    newcomer = b.accept()
+    assert not newcomer.open and newcomer.transport.aborted
+    assert all(conn.open for conn in proven)
+    assert any("handshakes already pending" in text for text in b.warnings())
 
 
 def test_a_hello_with_a_fresh_ticket_is_never_trimmed() -> None:
@@ -1123,7 +1136,7 @@ def test_outgoing_connections_do_not_count_as_pending() -> None:
     a.reactor.advance(PROVE_WITHIN)
     assert incoming.open and all(conn.open for conn in outgoing)
     flood = [a.accept() for _ in range(HARD_LIMIT_FACTOR)]
-    assert not flood[-1].open
+    assert not incoming.open and all(conn.open for conn in flood)
     assert all(conn.open for conn in outgoing)
 
 

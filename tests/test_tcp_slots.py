@@ -140,8 +140,9 @@ async def test_a_cluster_started_under_a_slot_attack_elects(
 
 @pytest_twisted.ensureDeferred
 async def test_a_dropped_connection_comes_back_under_a_slot_attack(tmp_path: Path) -> None:
-    """When the leader's connection to a follower drops while strangers hold the
-    follower's slots, the leader reconnects and is heard within an election timeout."""
+    """When the leader's connection to a follower drops while strangers at the peers' own
+    address hold all its slots, the leader (its hello carries a ticket) reconnects and is
+    heard within an election timeout."""
     cluster = Cluster(tmp_path, 3, name="slots", timing=TIMING, secret=SECRET)
     attacker: SlotAttacker | None = None
     try:
@@ -150,10 +151,12 @@ async def test_a_dropped_connection_comes_back_under_a_slot_attack(tmp_path: Pat
         await wait_until(cluster.fully_connected, 5, "all connected")
         follower = next(n for n in cluster.running() if n is not leader)
         port = cluster.ports[cluster.ids.index(follower.id)]
-        # From the peers' own address, as many as it may hold pending.
-        attacker = SlotAttacker([port], "slots", 3, count=64)
+        # From the peers' own address (same host, NAT), more than it may hold pending.
+        attacker = SlotAttacker([port], "slots", 3, count=100)
         attacker.start()
-        await sleep(0.5)
+        # Past the listen backlog's SYN retries: the address holds all it may.
+        victim = cluster.rpcs[follower.id]
+        await wait_until(lambda: victim.invalid_messages > 500, 10, "the slots full")
         rpc = cluster.rpcs[leader.id]
         rpc._outbound[follower.id]._abort()
         await wait_until(lambda: follower.id not in rpc.connected_peers, 1, "the drop")

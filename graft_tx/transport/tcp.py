@@ -68,9 +68,12 @@ DEFAULT_MAX_LINE = 16 * 1024
 # Seconds a new inbound connection keeps its handshake slot, however many
 # come after it: time for a peer's hello, sent as it connects, to arrive.
 PROVE_WITHIN = 0.25
-# Pending handshakes beyond the limit, while they wait for PROVE_WITHIN.
-HARD_LIMIT_FACTOR = 4
+# Pending handshakes in all, as a multiple of the limit per address, beyond
+# which a newcomer pushes out an old one: a bound on descriptors.
+HARD_LIMIT_FACTOR = 8
 TICKETS_KEPT = 1024
+# Connections the kernel may queue for accept() (the system caps it: somaxconn).
+LISTEN_BACKLOG = 1024
 
 
 class TcpConfigError(GraftError, ValueError):
@@ -650,12 +653,17 @@ class TcpRpc:
     def _server_endpoint(self) -> IStreamServerEndpoint:
         if not isinstance(self._listen, str):
             return self._listen
+        listen = self._listen
+        if listen.split(":", 1)[0] in ("tcp", "tcp6", "ssl", "mtls") and "backlog=" not in listen:
+            # Twisted's default of 50 is soon full of a flood's connections,
+            # and the kernel then drops a peer's SYN: a second lost to its retry.
+            listen += f":backlog={LISTEN_BACKLOG}"
         try:
-            if self._listen.startswith("mtls:"):
+            if listen.startswith("mtls:"):
                 from graft_tx.transport.mtls import mutual_tls_server
 
-                return mutual_tls_server(self._reactor, self._listen[len("mtls:") :])
-            return cast(IStreamServerEndpoint, serverFromString(self._reactor, self._listen))  # type: ignore[no-untyped-call]
+                return mutual_tls_server(self._reactor, listen[len("mtls:") :])
+            return cast(IStreamServerEndpoint, serverFromString(self._reactor, listen))  # type: ignore[no-untyped-call]
         except (ValueError, TypeError, OSError, ImportError) as e:
             raise TcpConfigError(f"listen endpoint {self._listen!r}: {e}") from e
 
@@ -676,35 +684,33 @@ class TcpRpc:
         """Give an inbound connection a handshake slot.
 
         Refusing newcomers while the slots are full would let anyone who
-        can connect keep the peers out with a few idle sockets. So each
-        address has slots of its own: C{max_pending_handshakes}, and up to
-        C{HARD_LIMIT_FACTOR} times as many for newcomers still within
-        L{PROVE_WITHIN} seconds of connecting (time for a peer's hello, sent
-        as it connects, to arrive). Then the surplus is trimmed: never a
-        handshake whose hello carried a fresh ticket (a secret holder),
-        first those without a valid hello, then the oldest. Only when all
-        addresses together hold twice that hard limit does a newcomer push
-        out a handshake of the address that holds the most.
+        can connect keep the peers out with a few idle sockets. So a
+        newcomer always gets a slot, and keeps it for L{PROVE_WITHIN}
+        seconds: time for a peer's hello, sent as it connects, to arrive.
+        Then each address's handshakes beyond C{max_pending_handshakes} are
+        trimmed: never one whose hello carried a fresh ticket (a secret
+        holder), first those without a valid hello, then the oldest. Only
+        when C{HARD_LIMIT_FACTOR} times that many are pending in all does a
+        newcomer push out the oldest handshake of the address that holds
+        the most, so that descriptors stay bounded.
         """
         if self._closed:
             return False
-        host = _host(protocol)
-        hosts = Counter(_host(p) for p in self._pending)
-        hard = self.max_pending_handshakes * HARD_LIMIT_FACTOR
-        if hosts[host] >= hard:
-            self._warn(
-                "refused a connection from {peer}: {count} handshakes from its address "
-                "already pending",
-                peer=protocol._describe(),
-                count=hosts[host],
-            )
-            return False
-        if len(self._pending) >= 2 * hard:
-            crowded = max(hosts, key=lambda h: hosts[h])
-            self._evict([p for p in self._pending if _host(p) == crowded and not p.proven][:1])
+        if len(self._pending) >= self.max_pending_handshakes * HARD_LIMIT_FACTOR:
+            hosts = Counter(_host(p) for p in self._pending)
+            unproven = [p for p in self._pending if not p.proven]
+            if not unproven:
+                self._warn(
+                    "refused a connection from {peer}: {count} handshakes already pending",
+                    peer=protocol._describe(),
+                    count=len(self._pending),
+                )
+                return False
+            # min() keeps the first of equals, and _pending is oldest first.
+            self._evict([min(unproven, key=lambda p: -hosts[_host(p)])])
         protocol.admitted_at = self.clock.seconds()
         self._pending[protocol] = None
-        if hosts[host] + 1 > self.max_pending_handshakes and self._trimming is None:
+        if len(self._pending) > self.max_pending_handshakes and self._trimming is None:
             self._trimming = self.clock.callLater(PROVE_WITHIN, self._trim)
         return True
 
