@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -51,7 +52,9 @@ def open_event_log(path: str) -> IO[str]:
     @raise EventLogError: it cannot be opened, or it is a symbolic link.
     """
     try:
-        fd = os.open(path, _FLAGS, FILE_MODE)
+        # Non-blocking: a FIFO planted at the path fails here (no reader)
+        # instead of hanging the start.
+        fd = os.open(path, _FLAGS | os.O_NONBLOCK, FILE_MODE)
     except OSError as e:
         if os.path.islink(path):
             raise EventLogError(
@@ -59,6 +62,10 @@ def open_event_log(path: str) -> IO[str]:
                 "follow links for its event log (give the real file's path)"
             ) from e
         raise EventLogError(f"cannot open event log {path!r}: {e.strerror}") from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise EventLogError(f"cannot open event log {path!r}: it is not a regular file")
+    os.set_blocking(fd, True)
     # Line-buffered: each event reaches the file before the next one, so a
     # SIGKILL loses at most the line being written.
     return os.fdopen(fd, "a", buffering=1, encoding="utf-8")

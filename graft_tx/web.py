@@ -216,6 +216,19 @@ class StatusChannel(http.HTTPChannel):
             return
         super().allHeadersReceived()
 
+    def pauseProducing(self) -> None:
+        """The send buffer is full: the client does not read its answers.
+
+        HTTPChannel would go on answering the pipelined requests it has
+        already read, into memory, for as long as they last (a few megabytes
+        of requests made hundreds of megabytes of answers). A status client
+        that does not read is dropped instead.
+        """
+        self._refused = True
+        # LineReceiver's loop stops at the next request it would parse.
+        self.paused = True
+        self.abort()
+
     def timeoutConnection(self) -> None:
         # HTTPChannel logs each timeout and closes politely (waiting abortTimeout
         # for a peer that does not read). An idle connection has nothing worth

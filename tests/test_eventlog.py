@@ -170,3 +170,20 @@ def test_option_refuses_a_symlinked_log(tmp_path: Path) -> None:
              "--state-file", str(tmp_path / "s"), "--event-log", str(tmp_path / "e")]
         )  # fmt: skip
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("reader", [False, True])
+def test_a_fifo_at_the_log_path_is_refused_without_hanging(tmp_path: Path, reader: bool) -> None:
+    """A FIFO planted at the event log's path is refused at once, with or without a
+    reader on its other end, instead of blocking the start."""
+    path = tmp_path / "events"
+    os.mkfifo(path)
+    held = os.open(path, os.O_RDONLY | os.O_NONBLOCK) if reader else None
+    try:
+        service = EventLogService(str(path))
+        with pytest.raises(EventLogError, match="events"):
+            service.startService()
+        assert not service.running
+    finally:
+        if held is not None:
+            os.close(held)

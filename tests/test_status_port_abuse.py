@@ -248,3 +248,46 @@ def test_requests_add_nothing_to_the_log(spawn: Spawner) -> None:
     grown = node.log.stat().st_size - before
     print(f"\n2,000 requests grew the log by {grown} bytes")
     assert grown < 200, node.output()[before:]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_pipelined_requests_never_read_cannot_fill_the_nodes_memory(spawn: Spawner) -> None:
+    """Three clients pipeline 4 MB of /metrics requests each and never read the answers:
+    the node drops them, its memory stays flat and /healthz answers at once."""
+    node = single_node(spawn, "p1")
+    term = wait_until(lambda: leading(node), 15, "the node to lead")["term"]
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    before = rss_kib(node.process.pid)
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(3):
+            s = socket.create_connection(address(node))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(5)
+            sent = 0
+            with contextlib.suppress(OSError):
+                while sent < 4_000_000:
+                    sent += s.send(request * 1000)
+            sockets.append(s)
+        slowest, peak = 0.0, before
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            got = http_get(node.url + "/healthz", 2.0)
+            slowest = max(slowest, time.monotonic() - started)
+            assert got is not None and got[0] == 200
+            peak = max(peak, rss_kib(node.process.pid))
+            time.sleep(0.2)
+        print(f"\nmemory {before} -> peak {peak} KiB; slowest /healthz {slowest * 1000:.0f} ms")
+        assert peak - before < 50_000
+        assert slowest < 0.5
+        assert leading(node) is not None and leading(node)["term"] == term  # type: ignore[index]
+    finally:
+        for s in sockets:
+            s.close()
