@@ -58,14 +58,13 @@ from .checks import (
     wait_for_agreement,
 )
 from .conftest import ChaosReport, rounds
-from .test_pause import overlapping_200s
+from .test_pause import LeaderPoller, overlapping_200s
 
 # Scheduling slack on a busy 2-core machine.
 SLACK = 1.0
 # The longest stretch without a 200 that no fault explains: a few failed polls.
 NO_LEADER_GAP = 0.5
-# How long a /leader request may take, and the pause after one that failed.
-POLL_TIMEOUT = 0.25
+# The pause after a /leader request that got no answer.
 POLL_RETRY = 0.01
 # How long the attack runs before the first fault, and after each recovery.
 SETTLE = 1.0
@@ -77,43 +76,6 @@ UPLOAD_BYTES = 20 * 1024 * 1024
 GHOSTS = 20
 ACKS_PER_BATCH = 40  # every 20 ms: ~2000 a second
 MAX_RSS_GROWTH_KB = 50 * 1024
-
-
-class Poller:
-    """One thread per node asking its /leader page again and again, recording each answer.
-
-    Like test_pause's LeaderPoller, but it pauses a little after a failed
-    request: a killed node refuses at once, and a tight loop would take a core.
-    """
-
-    def __init__(self, nodes: list[LocalNode]) -> None:
-        self._stop = threading.Event()
-        self._answers: dict[str, list[Answer]] = {node.name: [] for node in nodes}
-        self._threads = [
-            threading.Thread(target=self._poll, args=(node,), daemon=True) for node in nodes
-        ]
-
-    def _poll(self, node: LocalNode) -> None:
-        answers = self._answers[node.name]
-        while not self._stop.is_set():
-            sent, sent_wall = time.monotonic(), time.time()
-            code = node.leader_page(POLL_TIMEOUT)
-            answers.append(Answer(node.name, code, sent, time.monotonic(), sent_wall, time.time()))
-            if code is None:
-                self._stop.wait(POLL_RETRY)
-
-    def __enter__(self) -> Poller:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
-
-    def answers(self) -> list[Answer]:
-        return [a for answers in self._answers.values() for a in list(answers)]
 
 
 class Attack:
@@ -512,7 +474,7 @@ def run_under_attack(
     stopped: set[str] = set()  # nodes this test stops on purpose, just now
     follow_times: list[float] = []
     running: list[Attack] = []
-    poller = Poller(cluster.nodes)
+    poller = LeaderPoller(cluster.nodes, retry=POLL_RETRY)
     try:
         with poller:
             for make in attacks:

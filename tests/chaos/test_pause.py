@@ -61,10 +61,15 @@ POLL_TIMEOUT = 0.25
 
 
 class LeaderPoller:
-    """One thread per node asking its /leader page again and again, recording each answer."""
+    """One thread per node asking its /leader page again and again, recording each answer.
 
-    def __init__(self, nodes: list[LocalNode]) -> None:
+    C{retry}: seconds to wait after a request that got no answer (a killed
+    node refuses at once, and a tight loop would take a core).
+    """
+
+    def __init__(self, nodes: list[LocalNode], retry: float = 0.0) -> None:
         self._nodes = nodes
+        self._retry = retry
         self._stop = threading.Event()
         self._answers: dict[str, list[Answer]] = {node.name: [] for node in nodes}
         # Held by a node's thread for each request, from sending it to reading the answer.
@@ -82,6 +87,8 @@ class LeaderPoller:
                 code = node.leader_page(POLL_TIMEOUT)
                 answered, answered_wall = time.monotonic(), time.time()
             answers.append(Answer(node.name, code, sent, answered, sent_wall, answered_wall))
+            if code is None and self._retry:
+                self._stop.wait(self._retry)
 
     def pause(self, node: LocalNode) -> float:
         """SIGSTOP C{node} between two of its requests, and wait until it is stopped.
