@@ -146,6 +146,16 @@ def overlapping_200s(answers: list[Answer]) -> list[tuple[Answer, Answer]]:
     return found
 
 
+def report_overlapping_200s(report: ChaosReport, answers: list[Answer]) -> None:
+    """A violation for each of the first five pairs L{overlapping_200s} finds."""
+    for earlier, later in overlapping_200s(answers)[:5]:
+        report.violation(
+            f"{earlier.node} and {later.node} answered 200 to overlapping requests "
+            f"({earlier.sent_wall:.3f}-{earlier.answered_wall:.3f} and "
+            f"{later.sent_wall:.3f}-{later.answered_wall:.3f})"
+        )
+
+
 def stale_200s(
     answers: list[Answer], events: dict[str, list[dict[str, Any]]]
 ) -> list[tuple[Answer, int, str, int, float]]:
@@ -288,12 +298,7 @@ def test_a_paused_leader_steps_down_on_waking(
             chaos_report.leader_changes = max(0, len(leaders) - 1)
     answers = poller.answers()
 
-    for earlier, later in overlapping_200s(answers)[:5]:
-        chaos_report.violation(
-            f"{earlier.node} and {later.node} answered 200 to overlapping requests "
-            f"({earlier.sent_wall:.3f}-{earlier.answered_wall:.3f} and "
-            f"{later.sent_wall:.3f}-{later.answered_wall:.3f})"
-        )
+    report_overlapping_200s(chaos_report, answers)
     for answer, term, other, later_term, at in stale_200s(answers, events)[:5]:
         if term < 0:
             chaos_report.violation(f"{show_answer(answer)} but never became leader")
