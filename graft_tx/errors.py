@@ -43,6 +43,10 @@ class ProtocolModeError(GraftError, ValueError):
     """An unknown protocol mode or an invalid priority."""
 
 
+class NodeClosedError(GraftError):
+    """The node closed before what was waited for happened."""
+
+
 class TransferError(GraftError):
     """A leadership transfer could not be made or did not complete in time."""
 

@@ -2,9 +2,10 @@
 
 The node does no I/O of its own besides its small state file: it reacts to
 messages that a transport hands it and to its own timers, and it sends
-through the transport. Every timer belongs to the state that armed it and
-is cancelled when that state ends, so a stale election timeout can never
-act (graft's classic race).
+through the transport. The election and heartbeat timer belongs to the
+state that armed it and is cancelled when that state ends, so a stale
+election timeout can never act (graft's classic race); a leadership
+transfer has a timer of its own, which ends with the transfer.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import random
 import secrets
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, cast
 
@@ -35,6 +36,7 @@ from graft_tx.errors import (
     LogAccessError,
     LogRequiredError,
     MessageError,
+    NodeClosedError,
     NodeIdError,
     ProtocolModeError,
     RpcRequiredError,
@@ -75,7 +77,12 @@ MIN_WAIT = 0.001
 
 
 @dataclass
-class _Counts:
+class NodeStats:
+    """What a node has done since it started. Times are the clock's seconds
+    (wall-clock time on a real reactor); None until it happened.
+
+    The node counts in one of these; L{Node.stats} hands out copies."""
+
     elections_started: int = 0
     elections_won: int = 0
     votes_granted: int = 0
@@ -84,21 +91,6 @@ class _Counts:
     leader_changes: int = 0
     last_state_change: float | None = None
     last_heartbeat: float | None = None
-
-
-@dataclass(frozen=True)
-class NodeStats:
-    """What a node has done since it started. Times are the clock's seconds
-    (wall-clock time on a real reactor); None until it happened."""
-
-    elections_started: int
-    elections_won: int
-    votes_granted: int
-    heartbeats_sent: int
-    heartbeats_received: int
-    leader_changes: int
-    last_state_change: float | None
-    last_heartbeat: float | None
 
 
 GRAFT_TX, GRAFT = "graft-tx", "graft"
@@ -192,7 +184,7 @@ class Node:
         self._flush_call: IDelayedCall | None = None
         self._closing: Deferred[None] | None = None
         self._closed = False
-        self._counts = _Counts()
+        self._counts = NodeStats()
         self._known_leader = ""
         self._known_term = 0
         self._protocol = protocol
@@ -299,17 +291,23 @@ class Node:
     def when_leader(self) -> Deferred[int]:
         """Fires with the term once this node leads with a lease (at once if it does).
 
-        It never fires on a node that closes first: cancel it if you stop waiting.
+        Fails with L{NodeClosedError} if the node closes first.
         """
         if self.is_leader():
             return succeed(self._term)
+        if self._state is State.CLOSED:
+            return fail(NodeClosedError(f"node {self._id} is closed"))
         waiter: Deferred[int] = Deferred(lambda d: self._leader_waiters.remove(d))
         self._leader_waiters.append(waiter)
         return waiter
 
     def when_not_leader(self) -> Deferred[None]:
-        """Fires when this node stops leading (at once if it does not lead)."""
-        if self._state is not State.LEADER:
+        """Fires when this node stops leading (at once if L{is_leader} is false).
+
+        A leader whose lease lapsed steps down at its next heartbeat, so this
+        fires at most a heartbeat interval after L{is_leader} turned false.
+        """
+        if not self.is_leader():
             return succeed(None)
         waiter: Deferred[None] = Deferred(lambda d: self._not_leader_waiters.remove(d))
         self._not_leader_waiters.append(waiter)
@@ -410,7 +408,7 @@ class Node:
 
     def stats(self) -> NodeStats:
         """A snapshot of this node's counters, for status pages and metrics."""
-        return NodeStats(**vars(self._counts))
+        return replace(self._counts)
 
     def __repr__(self) -> str:
         return (
@@ -442,6 +440,9 @@ class Node:
             self._end_transfer(None, f"node {self._id} closed")
             if was_leader:
                 self._release_not_leader()
+            waiters, self._leader_waiters = self._leader_waiters, []
+            for waiter in waiters:
+                waiter.errback(NodeClosedError(f"node {self._id} closed before it led"))
             self.log.info("node {node} of {cluster} closed", node=self._id, cluster=self._info.name)
             self._closing = maybeDeferred(self._close_rpc)
             self._closing.addErrback(self._log_close_failure)

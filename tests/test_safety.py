@@ -52,6 +52,7 @@ from graft_tx import (
     HeartbeatAck,
     Leadership,
     Node,
+    NodeClosedError,
     ProtocolModeError,
     RpcRequiredError,
     State,
@@ -395,15 +396,14 @@ def test_leader_without_acks_steps_down_at_first_tick_after_lease_length(tmp_pat
     """Unacknowledged, a leader elected at 1.0 steps down at its tick at 2.0 (>= 1.0 + lease)."""
     u = unit(tmp_path)
     elect(u)
-    wnl = u.node.when_not_leader()
+    # Without a lease it is not is_leader(): when_not_leader() says so at once.
+    assert fired(u.node.when_not_leader())
     u.advance(0.75)
     assert u.node.state is L
-    assert not fired(wnl)
     assert [hb.seq for hb in u.rpc.heartbeats] == [1, 2, 3, 4]
     u.clock.advance(0.25)
     assert u.node.state is F
     assert u.node.leader == ""
-    assert fired(wnl)
     assert [hb.seq for hb in u.rpc.heartbeats] == [1, 2, 3, 4]
     assert u.memory() == (1, ME, F)
     assert u.changes() == [StateChange(F, C), StateChange(C, L), StateChange(L, F)]
@@ -434,6 +434,42 @@ def test_is_leader_ends_exactly_at_lease_expiry(tmp_path: Path) -> None:
     u.clock.advance(2.0 - expiry)
     assert u.node.state is F
     assert fired(wnl)
+
+
+def test_when_not_leader_agrees_with_is_leader(tmp_path: Path) -> None:
+    """A LEADER without a lease (none yet, or lapsed) is not is_leader(), and
+    when_not_leader() says so at once; with the lease it waits."""
+    u = unit(tmp_path)
+    elect(u)
+    assert u.node.state is L and not u.node.is_leader()
+    assert fired(u.node.when_not_leader())
+    u.clock.advance(0.25)
+    u.node.handle_heartbeat_ack(HeartbeatAck(1, "a", 1))
+    assert u.node.is_leader()
+    waiting = u.node.when_not_leader()
+    assert not fired(waiting)
+    expiry = 1.0 + LEASE
+    u.advance(0.5)
+    u.clock.advance(0.15)
+    assert u.node.is_leader()
+    u.clock.advance(expiry - u.clock.seconds())
+    assert u.node.state is L and not u.node.is_leader()
+    assert fired(u.node.when_not_leader())
+    assert not fired(waiting)
+    u.clock.advance(2.0 - expiry)
+    assert u.node.state is F
+    assert fired(waiting)
+
+
+def test_close_fails_the_when_leader_waiters(tmp_path: Path) -> None:
+    """close() fails pending when_leader() Deferreds with NodeClosedError, and a
+    when_leader() asked of a closed node fails at once."""
+    u = unit(tmp_path)
+    waiting = u.node.when_leader()
+    result_of(u.node.close())
+    assert failure_of(waiting).check(NodeClosedError)
+    assert failure_of(u.node.when_leader()).check(NodeClosedError)
+    assert fired(u.node.when_not_leader())
 
 
 def test_single_node_cluster_leads_with_lease_at_once(tmp_path: Path) -> None:
@@ -858,7 +894,8 @@ def test_transfer_moves_leader_within_two_heartbeats(tmp_path: Path, named: bool
         def record(term: int) -> None:
             became.append((node.id, net.clock.seconds(), term, node.is_leader()))
 
-        node.when_leader().addCallback(record)
+        # A follower that never leads sees its waiter fail when the net closes.
+        node.when_leader().addCallbacks(record, lambda f: f.trap(NodeClosedError))
 
     for node in followers:
         watch(node)
