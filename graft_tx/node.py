@@ -440,9 +440,7 @@ class Node:
             self._end_transfer(None, f"node {self._id} closed")
             if was_leader:
                 self._release_not_leader()
-            waiters, self._leader_waiters = self._leader_waiters, []
-            for waiter in waiters:
-                waiter.errback(NodeClosedError(f"node {self._id} closed before it led"))
+            self._fail_leader_waiters()
             self.log.info("node {node} of {cluster} closed", node=self._id, cluster=self._info.name)
             self._closing = maybeDeferred(self._close_rpc)
             self._closing.addErrback(self._log_close_failure)
@@ -1019,6 +1017,11 @@ class Node:
         waiters, self._leader_waiters = self._leader_waiters, []
         for waiter in waiters:
             waiter.callback(self._term)
+
+    def _fail_leader_waiters(self) -> None:
+        waiters, self._leader_waiters = self._leader_waiters, []
+        for waiter in waiters:
+            waiter.errback(NodeClosedError(f"node {self._id} closed before it led"))
 
     def _release_not_leader(self) -> None:
         waiters, self._not_leader_waiters = self._not_leader_waiters, []
