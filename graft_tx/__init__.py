@@ -5,6 +5,7 @@ network) is imported on its own.
 """
 
 from graft_tx.cluster import ClusterInfo, State, StateChange, Timing, quorum
+from graft_tx.config import NodeConfig
 from graft_tx.errors import (
     ClusterNameError,
     ClusterSizeError,
@@ -58,6 +59,7 @@ __all__ = [
     "NatsRpc",
     "Node",
     "NodeClosedError",
+    "NodeConfig",
     "NodeIdError",
     "NodeStats",
     "ProtocolModeError",

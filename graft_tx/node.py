@@ -28,19 +28,19 @@ from zope.interface import implementer
 
 from graft_tx.clocks import steady_clock
 from graft_tx.cluster import ClusterInfo, State, StateChangeDetail, Timing, quorum
+
+# The protocol names, where they always were.
+from graft_tx.config import GRAFT as GRAFT
+from graft_tx.config import GRAFT_TX as GRAFT_TX
+from graft_tx.config import PROTOCOLS as PROTOCOLS
+from graft_tx.config import NodeConfig, check_cluster
 from graft_tx.errors import (
-    ClusterNameError,
-    ClusterSizeError,
     HandlerError,
     HandlerRequiredError,
     LogAccessError,
-    LogRequiredError,
-    MessageError,
     NodeClosedError,
     NodeIdError,
-    ProtocolModeError,
     RpcRequiredError,
-    TimingError,
     TransferError,
 )
 from graft_tx.interfaces import (
@@ -53,13 +53,11 @@ from graft_tx.interfaces import (
 )
 from graft_tx.lease import Lease
 from graft_tx.messages import (
-    MAX_PRIORITY,
     MAX_TERM,
     Heartbeat,
     HeartbeatAck,
     VoteRequest,
     VoteResponse,
-    check_id,
 )
 from graft_tx.ratelimit import RateLimitedLog
 from graft_tx.statefile import PersistentState, StateFile
@@ -91,10 +89,6 @@ class NodeStats:
     leader_changes: int = 0
     last_state_change: float | None = None
     last_heartbeat: float | None = None
-
-
-GRAFT_TX, GRAFT = "graft-tx", "graft"
-PROTOCOLS = (GRAFT_TX, GRAFT)
 
 
 @dataclass(frozen=True)
@@ -145,20 +139,20 @@ class Node:
 
     def __init__(
         self,
-        info: ClusterInfo,
+        config: NodeConfig,
         handler: IStateHandler,
         rpc: IRpc,
         store: StateFile,
         saved: PersistentState,
         *,
-        clock: IReactorTime,
-        timing: Timing,
         node_id: str,
+        clock: IReactorTime,
         rng: random.Random,
-        protocol: str = GRAFT_TX,
         monotonic: Callable[[], float] | None = None,
-        priority: int = 1,
     ) -> None:
+        info, timing, protocol = config.info, config.timing, config.protocol
+        priority = config.priority
+        self._config = config
         self._id = node_id
         self._info = info
         self._handler = handler
@@ -254,6 +248,11 @@ class Node:
     @property
     def log_path(self) -> str:
         return self._store.path
+
+    @property
+    def config(self) -> NodeConfig:
+        """The configuration this node was made with (its C{node_id} as given)."""
+        return self._config
 
     @property
     def timing(self) -> Timing:
@@ -1100,14 +1099,22 @@ def new(
         corrupt. An exception from C{rpc.init} propagates, and the node is
         then not started.
     """
-    if not isinstance(info, ClusterInfo):
-        raise ClusterNameError(f"info must be a graft_tx.ClusterInfo, not {info!r}")
-    if not isinstance(info.name, str) or not info.name:
-        raise ClusterNameError(f"the cluster needs a non-empty name, not {info.name!r}")
-    if isinstance(info.size, bool) or not isinstance(info.size, int) or info.size < 1:
-        raise ClusterSizeError(
-            f"cluster {info.name!r} needs a size of at least 1 node, not {info.size!r}"
-        )
+    check_cluster(info)
+    check_collaborators(handler, rpc)
+    assert handler is not None and rpc is not None
+    config = NodeConfig(
+        info,
+        log_path,  # type: ignore[arg-type]  # NodeConfig takes a PathLike too
+        timing if timing is not None else Timing(),
+        node_id,
+        protocol,
+        priority,
+    )
+    return start_node(config, handler, rpc, clock=clock, rng=rng, monotonic=monotonic)
+
+
+def check_collaborators(handler: object, rpc: object) -> None:
+    """Raise unless C{handler} provides IStateHandler and C{rpc} IRpc."""
     if handler is None:
         raise HandlerRequiredError("a handler is required, such as graft_tx.QueueHandler()")
     if not IStateHandler.providedBy(handler):
@@ -1119,30 +1126,23 @@ def new(
         raise RpcRequiredError("an rpc (transport) is required, such as NatsRpc or TcpRpc")
     if not IRpc.providedBy(rpc):
         raise RpcRequiredError(f"rpc {rpc!r} does not provide IRpc")
-    if isinstance(log_path, os.PathLike):
-        log_path = os.fspath(log_path)
-    if not isinstance(log_path, str) or not log_path:
-        raise LogRequiredError("a path for the node's state file (log_path) is required")
-    if node_id is not None:
-        try:
-            check_id("node_id", node_id)
-        except MessageError as e:
-            raise NodeIdError(str(e)) from None
-    if timing is None:
-        timing = Timing()
-    elif not isinstance(timing, Timing):
-        raise TimingError(f"timing must be a graft_tx.Timing, not {timing!r}")
-    if protocol not in PROTOCOLS:
-        raise ProtocolModeError(f"protocol must be 'graft-tx' or 'graft', not {protocol!r}")
-    if protocol == GRAFT_TX and not IAckingRpc.providedBy(rpc):
+
+
+def start_node(
+    config: NodeConfig,
+    handler: IStateHandler,
+    rpc: IRpc,
+    *,
+    clock: IReactorTime | None = None,
+    rng: random.Random | None = None,
+    monotonic: Callable[[], float] | None = None,
+) -> Node:
+    """L{new} for a checked configuration: load the state file, attach, start."""
+    if config.leases and not IAckingRpc.providedBy(rpc):
         raise RpcRequiredError(
             f"rpc {rpc!r} cannot carry heartbeat acknowledgements (IAckingRpc), which "
             "protocol 'graft-tx' needs; use protocol='graft'"
         )
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ProtocolModeError(f"priority must be a whole number, not {priority!r}")
-    if not 0 <= priority <= MAX_PRIORITY:
-        raise ProtocolModeError(f"priority must be between 0 and {MAX_PRIORITY}, not {priority}")
     if clock is None:
         from twisted.internet import reactor
 
@@ -1150,28 +1150,26 @@ def new(
         # The reactor's clock is wall time, which jumps; leases need a steady one.
         monotonic = monotonic or steady_clock()
     assert clock is not None
-    store = StateFile(log_path)
+    path = config.state_path
+    store = StateFile(path)
     saved = store.load()
-    node_id = owner_id(saved, node_id, log_path)
-    window_us = min(int(timing.election_timeout_min * 1e6), MAX_TERM)
+    node_id = owner_id(saved, config.node_id, path)
+    window_us = min(int(config.timing.election_timeout_min * 1e6), MAX_TERM)
     if saved.node_id != node_id or saved.window_us < window_us:
         # From its first start, the file names its node (a restart keeps the
         # id) and the longest promise it may keep.
         promise = max(saved.window_us, window_us)
         store.save(PersistentState(saved.term, saved.voted_for, node_id, promise))
     node = Node(
-        info,
+        config,
         handler,
         rpc,
         store,
         saved,
-        clock=clock,
-        timing=timing,
         node_id=node_id,
+        clock=clock,
         rng=rng if rng is not None else random.Random(),
-        protocol=protocol,
         monotonic=monotonic,
-        priority=priority,
     )
     rpc.init(node)
     node.start()

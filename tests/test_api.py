@@ -30,7 +30,9 @@ from graft_tx import (
     Heartbeat,
     LogRequiredError,
     MessageError,
+    NodeConfig,
     NodeIdError,
+    ProtocolModeError,
     RpcRequiredError,
     State,
     StateChange,
@@ -596,3 +598,25 @@ def test_errors_derive_from_graft_error() -> None:
     assert len(errors) >= 12
     for error in errors:
         assert issubclass(error, GraftError), error
+
+
+def test_node_config_checks_each_field(tmp_path: Path) -> None:
+    """NodeConfig refuses what new() refuses, in field order, and is what the node keeps."""
+    info = ClusterInfo("c", 3)
+    path = str(tmp_path / "n.state")
+    for kwargs, error in [
+        ({"info": ClusterInfo("", 3)}, ClusterNameError),
+        ({"info": ClusterInfo("c", 0)}, ClusterSizeError),
+        ({"state_path": ""}, LogRequiredError),
+        ({"node_id": "a\nb"}, NodeIdError),
+        ({"timing": 1.0}, TimingError),
+        ({"protocol": "raft"}, ProtocolModeError),
+        ({"priority": -1}, ProtocolModeError),
+        ({"priority": True}, ProtocolModeError),
+    ]:
+        with pytest.raises(error):
+            NodeConfig(**{"info": info, "state_path": path, **kwargs})
+    config = NodeConfig(info, tmp_path / "n.state", node_id="a", protocol="graft")  # type: ignore[arg-type]
+    assert config.state_path == path
+    node = graft_tx.new(info, H(), R(), path, clock=Clock(), node_id="a", protocol="graft")
+    assert node.config == config
