@@ -21,6 +21,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from graft_tx.cluster import Timing, parse_election_timeout
+from graft_tx.errors import TimingError
 from graft_tx.eventlog import RECORD_SEPARATOR
 from graft_tx.local import LocalCluster, NatsServer, agreement_time, nats_server_binary
 
@@ -46,11 +48,11 @@ class Settings:
 
     @property
     def election_min(self) -> float:
-        return float(self.election_timeout.split("-")[0])
+        return parse_election_timeout(self.election_timeout)[0]
 
     @property
     def election_max(self) -> float:
-        return float(self.election_timeout.split("-")[1])
+        return parse_election_timeout(self.election_timeout)[1]
 
     @property
     def heartbeat_s(self) -> float:
@@ -137,15 +139,12 @@ def settings_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     election, heartbeat = FAST_TIMING if args.fast else DEFAULT_TIMING
     election = args.election_timeout or election
     heartbeat = args.heartbeat or heartbeat
+    # The daemon's own rule, checked here so that a bad setting fails at
+    # once rather than as N nodes that never start.
     try:
-        low, high = (float(part) for part in election.split("-"))
-        beat = float(heartbeat)
-    except ValueError:
-        parser.error(f"--election-timeout takes MIN-MAX seconds, not {election!r}")
-    # The daemon's own rule (graft_tx.cluster.Timing); checked here so that a
-    # bad setting fails at once rather than as N nodes that never start.
-    if not 0 < low <= high or not 0 < beat < low / 2:
-        parser.error(f"need 0 < MIN <= MAX and 0 < heartbeat < MIN/2 (got {election}, {heartbeat})")
+        Timing.parse(election, heartbeat)
+    except TimingError as e:
+        parser.error(f"--election-timeout {election}, --heartbeat {heartbeat}: {e}")
     return Settings(transports, sizes, args.trials, election, heartbeat, args.out, args.keep)
 
 

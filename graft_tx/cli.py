@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from graft_tx.cluster import parse_election_timeout
 from graft_tx.local import LocalCluster, LocalNode, NatsServer, agreement_time
 
 # -- graft status -------------------------------------------------------
@@ -136,7 +137,7 @@ def render(statuses: dict[str, dict[str, Any]]) -> str:
 
 
 def demo_main(args: argparse.Namespace) -> int:
-    low = float(args.election_timeout.split("-")[0])
+    low = parse_election_timeout(args.election_timeout)[0]
     directory = Path(tempfile.mkdtemp(prefix="graft-demo-"))
     demo = Demo(args, directory)
     stopping = False

@@ -66,6 +66,27 @@ def _number(name: str, value: object) -> float:
     return float(value)
 
 
+def _seconds(name: str, text: str | float) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise TimingError(f"{name} takes seconds, not {text!r}") from None
+    return _number(name, value)
+
+
+def parse_election_timeout(text: str) -> tuple[float, float]:
+    """C{"MIN-MAX"} seconds as two positive numbers (not checked against each other).
+
+    @raise TimingError: not two numbers of seconds joined by C{-}.
+    """
+    parts = text.split("-") if isinstance(text, str) else []
+    if len(parts) != 2:
+        raise TimingError(f"the election timeout takes MIN-MAX seconds, not {text!r}")
+    return _seconds("the minimum election timeout", parts[0]), _seconds(
+        "the maximum election timeout", parts[1]
+    )
+
+
 @dataclass(frozen=True)
 class Timing:
     """Election and heartbeat timings, in seconds; graft's constants by default.
@@ -81,6 +102,18 @@ class Timing:
     election_timeout_min: float = 0.5
     election_timeout_max: float = 1.0
     heartbeat_interval: float = 0.1
+
+    @classmethod
+    def parse(cls, election_timeout: str, heartbeat: str | float | None = None) -> Timing:
+        """A Timing from C{"MIN-MAX"} seconds (as C{--election-timeout} takes
+        them) and a heartbeat interval (default 0.1 s).
+
+        @raise TimingError: the text is not two numbers of seconds, or the
+            timing they make is refused (see the class).
+        """
+        low, high = parse_election_timeout(election_timeout)
+        beat = cls.heartbeat_interval if heartbeat is None else _seconds("heartbeat", heartbeat)
+        return cls(low, high, beat)
 
     def __post_init__(self) -> None:
         low = _number("election_timeout_min", self.election_timeout_min)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from graft_tx.cluster import parse_election_timeout
 from graft_tx.eventlog import read_events
 
 
@@ -355,11 +356,11 @@ class LocalCluster:
 
     @property
     def election_timeout_min(self) -> float:
-        return float(self.election_timeout.split("-")[0])
+        return parse_election_timeout(self.election_timeout)[0]
 
     @property
     def election_timeout_max(self) -> float:
-        return float(self.election_timeout.split("-")[1])
+        return parse_election_timeout(self.election_timeout)[1]
 
     def node(self, name: str) -> LocalNode:
         return next(node for node in self.nodes if node.name == name)

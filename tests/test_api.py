@@ -620,3 +620,36 @@ def test_node_config_checks_each_field(tmp_path: Path) -> None:
     assert config.state_path == path
     node = graft_tx.new(info, H(), R(), path, clock=Clock(), node_id="a", protocol="graft")
     assert node.config == config
+
+
+@pytest.mark.parametrize(
+    ("text", "heartbeat", "expected"),
+    [
+        ("0.5-1.0", None, Timing(0.5, 1.0, 0.1)),
+        ("1-2", "0.2", Timing(1.0, 2.0, 0.2)),
+        ("0.15-0.3", 0.03, Timing(0.15, 0.3, 0.03)),
+    ],
+)
+def test_timing_parses_the_option_text(
+    text: str, heartbeat: str | float | None, expected: Timing
+) -> None:
+    """Timing.parse reads "MIN-MAX" seconds and a heartbeat, as the daemon's options give them."""
+    assert Timing.parse(text, heartbeat) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "heartbeat", "words"),
+    [
+        ("0.5", None, "MIN-MAX"),
+        ("0.5-1.0-2", None, "MIN-MAX"),
+        ("a-1", None, "minimum election timeout"),
+        ("0.5-inf", None, "maximum election timeout"),
+        ("0.5-1.0", "soon", "heartbeat"),
+        ("1.0-0.5", None, "must not exceed"),
+        ("0.5-1.0", "0.3", "below half"),
+    ],
+)
+def test_timing_parse_refuses_bad_text(text: str, heartbeat: str | None, words: str) -> None:
+    """Bad option text is a TimingError that says what is wrong."""
+    with pytest.raises(TimingError, match=words):
+        Timing.parse(text, heartbeat)
