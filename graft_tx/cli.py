@@ -93,6 +93,11 @@ class Demo:
     cluster: LocalCluster | None = None
     nats: NatsServer | None = None
     failovers: list[float] = field(default_factory=list)
+    # The leader killed last, when (wall clock), and when to kill the next.
+    killed: LocalNode | None = None
+    killed_at: float = 0.0
+    next_kill: float = 0.0
+    shown: str = ""
 
     def setup(self) -> None:
         urls: list[str] = []
@@ -125,6 +130,47 @@ class Demo:
         if self.nats is not None:
             self.nats.close()
 
+    def show(self, statuses: dict[str, dict[str, Any]], tty: bool) -> None:
+        """Print the table when it changed: in place on a terminal."""
+        table = render(statuses)
+        if table != self.shown:
+            print(("\033[2J\033[H" + table) if tty else (table + "\n"), flush=True)
+            self.shown = table
+
+    def step(self, leader: str | None, now: float) -> None:
+        """Time the failover under way, or kill the leader when it is time."""
+        killed = self.killed
+        if killed is not None and leader is not None and leader != killed.name:
+            # The nodes' own timestamps, not this loop's polling interval.
+            survivors = [node.name for node in self.nodes if node is not killed]
+            events = self.cluster.events() if self.cluster else {}
+            agreed = agreement_time(events, survivors, self.killed_at, exclude=killed.name)
+            took = agreed[1] - self.killed_at if agreed else time.time() - self.killed_at
+            self.failovers.append(took)
+            low = parse_election_timeout(self.args.election_timeout)[0]
+            print(
+                f"failover: {leader} leads after {took * 1000:.0f} ms "
+                f"({took / low:.1f} x the minimum election timeout)",
+                flush=True,
+            )
+            killed.start()
+            self.killed = None
+            self.next_kill = now + self.args.kill_every
+        elif killed is None and leader is not None and self.args.kill_every > 0:
+            if now < self.next_kill:
+                return
+            self.killed = next(node for node in self.nodes if node.name == leader)
+            self.killed_at = time.time()
+            self.killed.kill()
+            print(f"killed the leader {self.killed.name} (SIGKILL)", flush=True)
+
+    def summary(self) -> str:
+        ms = sorted(t * 1000 for t in self.failovers)
+        return (
+            f"{len(ms)} failovers: min {ms[0]:.0f} ms, median {ms[len(ms) // 2]:.0f} ms, "
+            f"max {ms[-1]:.0f} ms"
+        )
+
 
 def render(statuses: dict[str, dict[str, Any]]) -> str:
     rows: list[list[object]] = [["NODE", "STATE", "TERM", "LEADER"]]
@@ -137,7 +183,7 @@ def render(statuses: dict[str, dict[str, Any]]) -> str:
 
 
 def demo_main(args: argparse.Namespace) -> int:
-    low = parse_election_timeout(args.election_timeout)[0]
+    parse_election_timeout(args.election_timeout)
     directory = Path(tempfile.mkdtemp(prefix="graft-demo-"))
     demo = Demo(args, directory)
     stopping = False
@@ -154,45 +200,16 @@ def demo_main(args: argparse.Namespace) -> int:
         flush=True,
     )
     started = time.monotonic()
+    demo.next_kill = started + args.kill_every
     try:
         demo.setup()
-        killed: LocalNode | None = None
-        killed_at = 0.0
-        next_kill = time.monotonic() + args.kill_every
-        shown = ""
         while not stopping:
             now = time.monotonic()
             if args.duration and now - started >= args.duration:
                 break
             statuses = demo.statuses()
-            table = render(statuses)
-            if table != shown:
-                if tty:
-                    print("\033[2J\033[H" + table, flush=True)
-                else:
-                    print(table + "\n", flush=True)
-                shown = table
-            leader = demo.cluster.agreed_leader(statuses) if demo.cluster else None
-            if killed is not None and leader is not None and leader != killed.name:
-                # The nodes' own timestamps, not this loop's polling interval.
-                survivors = [node.name for node in demo.nodes if node is not killed]
-                events = demo.cluster.events() if demo.cluster else {}
-                agreed = agreement_time(events, survivors, killed_at, exclude=killed.name)
-                took = agreed[1] - killed_at if agreed else time.time() - killed_at
-                demo.failovers.append(took)
-                print(
-                    f"failover: {leader} leads after {took * 1000:.0f} ms "
-                    f"({took / low:.1f} x the minimum election timeout)",
-                    flush=True,
-                )
-                killed.start()
-                killed = None
-                next_kill = now + args.kill_every
-            elif killed is None and leader is not None and args.kill_every and now >= next_kill:
-                killed = next(node for node in demo.nodes if node.name == leader)
-                killed_at = time.time()
-                killed.kill()
-                print(f"killed the leader {killed.name} (SIGKILL)", flush=True)
+            demo.show(statuses, tty)
+            demo.step(demo.cluster.agreed_leader(statuses) if demo.cluster else None, now)
             time.sleep(0.1)
     except KeyboardInterrupt:
         pass
@@ -200,11 +217,7 @@ def demo_main(args: argparse.Namespace) -> int:
         demo.stop()
         signal.signal(signal.SIGTERM, previous)
     if demo.failovers:
-        ms = sorted(t * 1000 for t in demo.failovers)
-        print(
-            f"{len(ms)} failovers: min {ms[0]:.0f} ms, median {ms[len(ms) // 2]:.0f} ms, "
-            f"max {ms[-1]:.0f} ms"
-        )
+        print(demo.summary())
     print("graft demo: stopped, no node left running")
     return 0
 
