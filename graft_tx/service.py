@@ -7,14 +7,25 @@ import random
 from collections.abc import Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from graft_tx.cluster import ClusterInfo, Timing
+from graft_tx.errors import (
+    GraftError,
+    LogAccessError,
+    LogCorruptError,
+    NodeIdError,
+    RpcRequiredError,
+)
 from graft_tx.interfaces import IRpc, IStateHandler
 from graft_tx.node import GRAFT_TX, Node, new
+
+# Errors of the state file: a restart that meets one failed for the file's sake,
+# not because its transport could not start again.
+_STATE_FILE_ERRORS = (LogCorruptError, LogAccessError, NodeIdError)
 
 
 class GraftService(Service):
@@ -25,20 +36,39 @@ class GraftService(Service):
     C{stopService} closes it and returns a Deferred that fires once the
     transport has closed. Composes into any C{MultiService}.
 
+    C{rpc} is the transport: an L{IRpc} provider, or a factory, a callable
+    taking no argument that returns a new one (C{lambda: TcpRpc(listen,
+    peers, secret=secret)}), which C{startService} calls at every start.
+    Give a factory to stop and start the service again: L{TcpRpc} and
+    L{NatsRpc} carry one node once, so a service given one of them refuses a
+    second start with a L{GraftError} saying so (a transport that can be
+    attached again, such as L{graft_tx.testing.MemoryNetwork}'s, restarts).
+    C{.rpc} is the transport of the current or last start; with a factory,
+    it is L{None} before the first start unless L{prepare_rpc} made it.
+    C{.rpc_factory} is the factory, or L{None} for a service given a transport.
+
+    Start the service again only once the Deferred from C{stopService} has
+    fired: the old transport must have let go of its port or connection.
+
     C{node_id} is passed to L{new}: without it the node takes the id its
     state file records (a new random one the first time), and an id other
     than the recorded one makes C{startService} raise L{NodeIdError}, as a
     corrupt file raises L{LogCorruptError}; the service is then not running.
+    A restarted service comes back as the same node, with the id of its
+    first start.
+
+    @raise RpcRequiredError: C{rpc} neither provides L{IRpc} nor is callable.
     """
 
     node: Node | None
+    rpc: IRpc | None
     log = Logger()
 
     def __init__(
         self,
         info: ClusterInfo,
         handler: IStateHandler,
-        rpc: IRpc,
+        rpc: IRpc | Callable[[], IRpc],
         log_path: str | os.PathLike[str],
         *,
         clock: IReactorTime | None = None,
@@ -49,9 +79,20 @@ class GraftService(Service):
         monotonic: Callable[[], float] | None = None,
         priority: int = 1,
     ) -> None:
+        # An object that provides IRpc is a transport, even if it is callable too.
+        if IRpc.providedBy(rpc):
+            self.rpc = rpc
+            self.rpc_factory: Callable[[], IRpc] | None = None
+        elif callable(rpc):
+            self.rpc = None
+            self.rpc_factory = rpc
+        else:
+            raise RpcRequiredError(
+                f"rpc must provide IRpc (such as a TcpRpc or NatsRpc) or be a factory that "
+                f"returns a new one at each start (such as lambda: TcpRpc(...)), not {rpc!r}"
+            )
         self.info = info
         self.handler = handler
-        self.rpc = rpc
         self.log_path = log_path
         self.clock = clock
         self.timing = timing
@@ -61,22 +102,67 @@ class GraftService(Service):
         self.monotonic = monotonic
         self.priority = priority
         self.node = None
+        # The transport that the last start tried: it may not serve another.
+        self._spent: IRpc | None = None
+        self._stopping = False
+
+    def prepare_rpc(self) -> IRpc:
+        """The transport the next start will use, made now with the factory.
+
+        To check the factory's arguments before anything starts (C{twistd
+        graft} turns a L{GraftError} into a usage error), or to show the
+        transport to what reads C{.rpc} before the start (the metrics of
+        L{graft_tx.web}). Without a factory, C{.rpc}.
+
+        @raise RpcRequiredError: the factory returned no L{IRpc} provider.
+        """
+        if self.rpc_factory is not None and (self.rpc is None or self.rpc is self._spent):
+            rpc = self.rpc_factory()
+            if not IRpc.providedBy(rpc):
+                raise RpcRequiredError(
+                    f"the transport factory {self.rpc_factory!r} returned {rpc!r}, which does "
+                    "not provide IRpc"
+                )
+            self.rpc = rpc
+        assert self.rpc is not None
+        return self.rpc
 
     def startService(self) -> None:
+        if self._stopping:
+            raise GraftError(
+                "this GraftService was started again before its stop finished: start it "
+                "once the Deferred that stopService returned has fired"
+            )
+        rpc = self.prepare_rpc()
+        again = rpc is self._spent
+        self._spent = rpc
         # Create the node first: if it cannot start, the service is not running.
-        self.node = new(
-            self.info,
-            self.handler,
-            self.rpc,
-            self.log_path,
-            clock=self.clock,
-            timing=self.timing,
-            node_id=self.node_id,
-            rng=self.rng,
-            protocol=self.protocol,
-            monotonic=self.monotonic,
-            priority=self.priority,
-        )
+        try:
+            self.node = new(
+                self.info,
+                self.handler,
+                rpc,
+                self.log_path,
+                clock=self.clock,
+                timing=self.timing,
+                node_id=self.node_id,
+                rng=self.rng,
+                protocol=self.protocol,
+                monotonic=self.monotonic,
+                priority=self.priority,
+            )
+        except Exception as e:
+            if self.rpc_factory is not None:
+                # A fresh transport that carries no node: release what it may hold.
+                maybeDeferred(rpc.close).addErrback(self._close_failed)
+            elif again and not isinstance(e, _STATE_FILE_ERRORS):
+                raise GraftError(
+                    f"this GraftService's transport cannot start again ({e}); to stop and "
+                    "start the service, give GraftService a transport factory in place of "
+                    "the transport: a callable returning a new one at each start, such as "
+                    "lambda: TcpRpc(listen, peers, secret=secret)"
+                ) from e
+            raise
         # A restarted service comes back as the same node.
         self.node_id = self.node.id
         self.log.info(
@@ -95,12 +181,19 @@ class GraftService(Service):
         if node is None:
             return succeed(None)
         if not node.is_leader() or node.protocol != GRAFT_TX:
-            return node.close()
-        # A planned stop hands leadership over first: about one round trip,
-        # rather than an election timeout for the others to notice.
-        handed = node.transfer_leadership()
-        handed.addErrback(self._transfer_failed)
-        return handed.addCallback(lambda _: node.close())
+            stopped = node.close()
+        else:
+            # A planned stop hands leadership over first: about one round trip,
+            # rather than an election timeout for the others to notice.
+            handed = node.transfer_leadership()
+            handed.addErrback(self._transfer_failed)
+            stopped = handed.addCallback(lambda _: node.close())
+        self._stopping = True
+        return stopped.addBoth(self._stopped)
+
+    def _stopped(self, result: object) -> object:
+        self._stopping = False
+        return result
 
     def _transfer_failed(self, failure: Failure) -> str:
         self.log.warn(
@@ -108,3 +201,6 @@ class GraftService(Service):
             error=failure.getErrorMessage(),
         )
         return ""
+
+    def _close_failed(self, failure: Failure) -> None:
+        self.log.failure("closing the transport of a failed start", failure)

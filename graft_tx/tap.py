@@ -18,6 +18,7 @@ import os
 import shlex
 import stat
 import sys
+from functools import partial
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -472,6 +473,7 @@ class _HookService(Service):
 
 
 def make_rpc(options: Options) -> IRpc:
+    """A new transport as the options describe it (makeService's factory)."""
     if options["transport"] == "tcp":
         return TcpRpc(options["listen"], options["peers"], secret=options["secret"])
     nats = {key: options[name] for name, key in NATS_OPTIONS.items() if options[name]}
@@ -491,20 +493,24 @@ def makeService(options: Options) -> IService:
     runner = HookRunner(reactor, options["hook-timeout"]) if hooks else None
     graft: GraftService | None = None
     handler = HookHandler(lambda: graft.node if graft else None, hooks, runner)
-    try:
-        rpc = make_rpc(options)
-    except GraftError as e:
-        raise usage.UsageError(str(e)) from None
+    # A factory, not a transport, so that the service can be stopped and started
+    # again: TcpRpc and NatsRpc carry one node once.
     graft = GraftService(
         ClusterInfo(options["cluster"], options["size"]),
         handler,
-        rpc,
+        partial(make_rpc, options),
         options["state-file"],
         timing=options["timing"],
         node_id=options["node-id"],
         protocol=options["protocol"],
         priority=options["priority"],
     )
+    try:
+        # The first transport now: a bad option is a usage error before anything
+        # starts, and the status pages' metrics see the transport from the start.
+        graft.prepare_rpc()
+    except GraftError as e:
+        raise usage.UsageError(str(e)) from None
     graft.setName("graft")
     graft.setServiceParent(top)
     if runner is not None:

@@ -13,15 +13,18 @@ from twisted.internet.task import Clock
 
 from graft_tx import (
     ClusterInfo,
+    GraftError,
     GraftService,
     LogCorruptError,
     NodeIdError,
     QueueHandler,
+    RpcRequiredError,
     State,
     StateChange,
 )
+from graft_tx.interfaces import IElectionNode
 from graft_tx.statefile import PersistentState, StateFile
-from graft_tx.testing import MemoryNetwork
+from graft_tx.testing import MemoryNetwork, MemoryRpc
 
 # Graft's algorithm as Go graft runs it; graft-tx features are tested on their own.
 pytestmark = pytest.mark.protocol("graft")
@@ -335,3 +338,169 @@ def test_multiservice_stops_after_failed_start(tmp_path: Path, logged_errors: li
     assert good.node.state is State.CLOSED
     assert clock.getDelayedCalls() == []
     assert bad_path.read_bytes() == b"not a state file"
+
+
+# -- the transport: an instance or a factory ---------------------------------------
+
+
+@pytest.mark.parametrize("rpc", [None, "tcp:7001", 42])
+def test_rpc_neither_transport_nor_factory_is_refused(tmp_path: Path, rpc: object) -> None:
+    """An rpc that neither provides IRpc nor is callable is refused at construction, a TypeError."""
+    with pytest.raises(RpcRequiredError) as info:
+        GraftService(ClusterInfo("c", 3), QueueHandler(), rpc, str(tmp_path / "s"))  # type: ignore[arg-type]
+    assert isinstance(info.value, TypeError)
+    assert "factory" in str(info.value) and repr(rpc) in str(info.value)
+
+
+def test_factory_makes_a_transport_per_start(tmp_path: Path) -> None:
+    """A factory is called at each start; .rpc is None before, then the current or last one."""
+    clock = Clock()
+    network = MemoryNetwork(clock)
+    made: list[MemoryRpc] = []
+
+    def factory() -> MemoryRpc:
+        made.append(network.rpc())
+        return made[-1]
+
+    service = GraftService(
+        ClusterInfo("solo", 1), QueueHandler(), factory, str(tmp_path / "s"), clock=clock
+    )
+    assert service.rpc is None
+    assert made == []
+    for start in range(1, 4):
+        service.startService()
+        assert len(made) == start
+        assert service.rpc is made[-1]
+        assert made[-1].node is service.node
+        advance(clock, 1.5)
+        assert service.node is not None
+        assert service.node.state is State.LEADER
+        node_id = service.node.id
+        result_of(service.stopService())
+        assert service.rpc is made[-1]
+        assert made[-1].node is None
+    assert service.node_id == node_id
+    assert clock.getDelayedCalls() == []
+
+
+def test_prepare_rpc_makes_the_first_transport_early(tmp_path: Path) -> None:
+    """prepare_rpc makes the next start's transport now; that start uses it, the next does not."""
+    clock = Clock()
+    network = MemoryNetwork(clock)
+    made: list[MemoryRpc] = []
+
+    def factory() -> MemoryRpc:
+        made.append(network.rpc())
+        return made[-1]
+
+    service = GraftService(
+        ClusterInfo("solo", 1), QueueHandler(), factory, str(tmp_path / "s"), clock=clock
+    )
+    first = service.prepare_rpc()
+    assert service.prepare_rpc() is first
+    assert made == [first] and service.rpc is first
+    service.startService()
+    assert made == [first] and first.node is service.node
+    result_of(service.stopService())
+    service.startService()
+    assert len(made) == 2 and service.rpc is made[1]
+    result_of(service.stopService())
+
+
+def test_factory_returning_no_transport_is_refused(tmp_path: Path) -> None:
+    """A factory that returns something without IRpc makes startService raise RpcRequiredError."""
+    service = GraftService(
+        ClusterInfo("c", 3), QueueHandler(), lambda: object(), str(tmp_path / "s")
+    )
+    with pytest.raises(RpcRequiredError, match="returned <object object"):
+        service.startService()
+    assert not service.running
+    assert service.node is None
+
+
+def test_failed_start_closes_the_factorys_transport(tmp_path: Path) -> None:
+    """When a start fails (a corrupt state file), the transport the factory made is closed."""
+    path = tmp_path / "s"
+    path.write_bytes(b"garbage")
+    made: list[RecordingRpc] = []
+
+    def factory() -> RecordingRpc:
+        made.append(RecordingRpc())
+        return made[-1]
+
+    service = GraftService(
+        ClusterInfo("c", 3), RecordingHandler(), factory, str(path), clock=Clock()
+    )
+    with pytest.raises(LogCorruptError):
+        service.startService()
+    assert not service.running
+    assert [rpc.closed for rpc in made] == [True]
+    assert made[0].node is None
+
+
+def test_start_before_stop_finished_is_refused(tmp_path: Path) -> None:
+    """startService before stopService's Deferred fired raises; once it has fired, it starts."""
+    clock = Clock()
+    made: list[SlowCloseRpc] = []
+
+    def factory() -> SlowCloseRpc:
+        made.append(SlowCloseRpc())
+        return made[-1]
+
+    service = GraftService(
+        ClusterInfo("c", 3), RecordingHandler(), factory, str(tmp_path / "s"), clock=clock
+    )
+    service.startService()
+    stopped = service.stopService()
+    with pytest.raises(GraftError, match="before its stop finished"):
+        service.startService()
+    assert not service.running
+    assert len(made) == 1
+    made[0].closing.callback(None)
+    assert result_of(stopped) is None
+    service.startService()
+    assert service.running and len(made) == 2
+    made[1].closing.callback(None)
+    result_of(service.stopService())
+
+
+def test_instance_restart_keeps_state_file_errors(tmp_path: Path) -> None:
+    """A restart of a service given a transport reports a corrupt state file as LogCorruptError."""
+    clock = Clock()
+    path = tmp_path / "s"
+    service = GraftService(
+        ClusterInfo("c", 3), QueueHandler(), MemoryNetwork(clock).rpc(), str(path), clock=clock
+    )
+    service.startService()
+    result_of(service.stopService())
+    path.write_bytes(b"garbage")
+    with pytest.raises(LogCorruptError):
+        service.startService()
+    assert not service.running
+
+
+def test_instance_that_refuses_a_second_init_names_the_fix(tmp_path: Path) -> None:
+    """A transport instance that refuses a second start makes startService raise a GraftError
+    naming the transport factory, with the transport's own error as its cause."""
+    clock = Clock()
+    rpc = OnceRpc()
+    service = GraftService(
+        ClusterInfo("c", 3), RecordingHandler(), rpc, str(tmp_path / "s"), clock=clock
+    )
+    service.startService()
+    result_of(service.stopService())
+    with pytest.raises(GraftError, match="transport factory") as info:
+        service.startService()
+    assert "carries one node, once" in str(info.value)
+    assert isinstance(info.value.__cause__, GraftError)
+    assert not service.running
+    assert service.rpc is rpc
+
+
+class OnceRpc(RecordingRpc):
+    """A transport that, like TcpRpc and NatsRpc, carries one node once."""
+
+    def init(self, node: IElectionNode) -> None:
+        if self.closed:
+            raise GraftError("this OnceRpc carries one node, once")
+        super().init(node)
