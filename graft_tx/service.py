@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
+from dataclasses import replace
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -13,6 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from graft_tx.cluster import ClusterInfo, Timing
+from graft_tx.config import GRAFT_TX, NodeConfig
 from graft_tx.errors import (
     GraftError,
     LogAccessError,
@@ -21,7 +23,7 @@ from graft_tx.errors import (
     RpcRequiredError,
 )
 from graft_tx.interfaces import IRpc, IStateHandler
-from graft_tx.node import GRAFT_TX, Node, new
+from graft_tx.node import Node, check_collaborators, start_node
 
 # Errors of the state file: a restart that meets one failed for the file's sake,
 # not because its transport could not start again.
@@ -91,20 +93,48 @@ class GraftService(Service):
                 f"rpc must provide IRpc (such as a TcpRpc or NatsRpc) or be a factory that "
                 f"returns a new one at each start (such as lambda: TcpRpc(...)), not {rpc!r}"
             )
-        self.info = info
         self.handler = handler
-        self.log_path = log_path
         self.clock = clock
-        self.timing = timing
-        self.node_id = node_id
         self.rng = rng
-        self.protocol = protocol
         self.monotonic = monotonic
-        self.priority = priority
+        # Checked now, where the mistake was made.
+        self.config = NodeConfig(
+            info,
+            log_path,  # type: ignore[arg-type]  # NodeConfig takes a PathLike too
+            timing if timing is not None else Timing(),
+            node_id,
+            protocol,
+            priority,
+        )
         self.node = None
         # The transport that the last start tried: it may not serve another.
         self._spent: IRpc | None = None
         self._stopping = False
+
+    @property
+    def info(self) -> ClusterInfo:
+        return self.config.info
+
+    @property
+    def log_path(self) -> str:
+        return self.config.state_path
+
+    @property
+    def timing(self) -> Timing:
+        return self.config.timing
+
+    @property
+    def node_id(self) -> str | None:
+        """The id given, or once started, the node's own."""
+        return self.config.node_id
+
+    @property
+    def protocol(self) -> str:
+        return self.config.protocol
+
+    @property
+    def priority(self) -> int:
+        return self.config.priority
 
     def prepare_rpc(self) -> IRpc:
         """The transport the next start will use, made now with the factory.
@@ -138,18 +168,14 @@ class GraftService(Service):
         self._spent = rpc
         # Create the node first: if it cannot start, the service is not running.
         try:
-            self.node = new(
-                self.info,
+            check_collaborators(self.handler, rpc)
+            self.node = start_node(
+                self.config,
                 self.handler,
                 rpc,
-                self.log_path,
                 clock=self.clock,
-                timing=self.timing,
-                node_id=self.node_id,
                 rng=self.rng,
-                protocol=self.protocol,
                 monotonic=self.monotonic,
-                priority=self.priority,
             )
         except Exception as e:
             if self.rpc_factory is not None:
@@ -164,7 +190,7 @@ class GraftService(Service):
                 ) from e
             raise
         # A restarted service comes back as the same node.
-        self.node_id = self.node.id
+        self.config = replace(self.config, node_id=self.node.id)
         self.log.info(
             "node {node} of {cluster} started in term {term}",
             event="node_started",

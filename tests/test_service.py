@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,12 @@ from graft_tx import (
     GraftService,
     LogCorruptError,
     NodeIdError,
+    ProtocolModeError,
     QueueHandler,
     RpcRequiredError,
     State,
     StateChange,
+    TimingError,
 )
 from graft_tx.interfaces import IElectionNode
 from graft_tx.statefile import PersistentState, StateFile
@@ -504,3 +507,39 @@ class OnceRpc(RecordingRpc):
         if self.closed:
             raise GraftError("this OnceRpc carries one node, once")
         super().init(node)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"priority": -1}, ProtocolModeError),
+        ({"protocol": "raft"}, ProtocolModeError),
+        ({"node_id": ""}, NodeIdError),
+        ({"timing": "fast"}, TimingError),
+    ],
+)
+def test_a_bad_configuration_is_refused_where_it_is_made(
+    tmp_path: Path, kwargs: dict[str, object], error: type[Exception]
+) -> None:
+    """GraftService checks its configuration (one NodeConfig) when it is made, not at start."""
+    with pytest.raises(error):
+        GraftService(
+            ClusterInfo("c", 3),
+            RecordingHandler(),
+            RecordingRpc(),
+            tmp_path / "s",
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+def test_the_service_keeps_one_configuration(tmp_path: Path) -> None:
+    """The service's configuration is what its node runs with, with the node's id once started."""
+    service = GraftService(
+        ClusterInfo("c", 1), RecordingHandler(), RecordingRpc(), tmp_path / "s", clock=Clock()
+    )
+    assert service.config.node_id is None and service.log_path == str(tmp_path / "s")
+    service.startService()
+    assert service.node is not None
+    assert service.config == replace(service.node.config, node_id=service.node.id)
+    assert service.node_id == service.node.id
+    result_of(service.stopService())
