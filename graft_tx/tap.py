@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from graft_tx.cluster import ClusterInfo, Timing
-from graft_tx.errors import GraftError, NodeIdError
+from graft_tx.errors import GraftError, NodeIdError, TimingError
 from graft_tx.eventlog import EventLogService
 from graft_tx.hooks import HookCommands, HookHandler, HookRunner, command
 from graft_tx.interfaces import IRpc
@@ -289,23 +289,14 @@ class Options(usage.Options):
         return size
 
     def _timing(self) -> Timing:
-        low, high, beat = 0.5, 1.0, 0.1
-        if self["election-timeout"] is not None:
-            text = self["election-timeout"]
-            parts = text.split("-")
-            if len(parts) != 2:
-                raise usage.UsageError(f"--election-timeout takes MIN-MAX seconds, not {text!r}")
-            low = _positive("--election-timeout", parts[0])
-            high = _positive("--election-timeout", parts[1])
-        if self["heartbeat"] is not None:
-            beat = _positive("--heartbeat", self["heartbeat"])
+        text = self["election-timeout"] or "0.5-1.0"
         try:
-            return Timing(low, high, beat)
-        except GraftError:
-            raise usage.UsageError(
-                f"--heartbeat {beat} must be below half the minimum --election-timeout "
-                f"({low}), and the minimum must not exceed the maximum ({high})"
-            ) from None
+            return Timing.parse(text, self["heartbeat"])
+        except TimingError as e:
+            given = f"--election-timeout {text}" + (
+                f" --heartbeat {self['heartbeat']}" if self["heartbeat"] is not None else ""
+            )
+            raise usage.UsageError(f"{given}: {e}") from None
 
     def _secret(self) -> bytes | None:
         path = self["secret-file"]
