@@ -187,3 +187,36 @@ class IStateMachineHandler(IStateHandler):
         @type position: L{bytes}
         @rtype: L{bool}
         """
+
+
+class ITransportStats(Interface):
+    """The counters a transport keeps about traffic it could not carry, for
+    metrics and status pages.
+
+    Each counter only grows, from 0 when the transport is made. A counter
+    is L{None} where the transport has no such thing (a NATS transport
+    refuses no connections; a TCP peer of the other protocol mode is
+    refused at its handshake, so it sends no messages to count).
+    """
+
+    invalid_messages = Attribute(
+        "Inbound messages, lines or connections dropped as invalid: undecodable, "
+        "of another cluster, failing authentication, or never completing a handshake "
+        "(L{int})."
+    )
+    other_protocol_messages = Attribute(
+        "Inbound messages from a node of the other protocol mode (graft or graft-tx). "
+        "They are still delivered: a cluster mid-upgrade keeps electing "
+        "(L{int}, or L{None})."
+    )
+    failed_sends = Attribute(
+        "Outgoing messages the transport tried to send and failed to "
+        "(L{int}, or L{None} where a send cannot fail on its own)."
+    )
+    dropped_outgoing = Attribute(
+        "Outgoing messages not sent because a peer or the server was not connected (L{int})."
+    )
+    refused_connections = Attribute(
+        "Inbound connections refused, or dropped before their handshake ended to make "
+        "room for newer ones (L{int}, or L{None} for a transport that accepts none)."
+    )

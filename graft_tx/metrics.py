@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from graft_tx.cluster import State
+from graft_tx.interfaces import ITransportStats
 from graft_tx.node import Node
 
 _COUNTERS = (
@@ -20,15 +21,36 @@ _COUNTERS = (
 )
 
 
-# Counted by the transport, when it counts them.
-_RPC_COUNTERS = (
-    ("invalid_messages", "messages_invalid", "Inbound messages the transport dropped as invalid."),
-    (
-        "dropped_outgoing",
-        "messages_unsent",
-        "Outgoing messages dropped because a peer or the server was not connected.",
-    ),
-)
+def _transport_counters(stats: ITransportStats) -> list[tuple[str, str, int | None]]:
+    """The metrics of a transport's counters: name, help, and value (None
+    where the transport has no such counter, and no metric)."""
+    return [
+        (
+            "messages_invalid",
+            "Inbound messages, lines or connections the transport dropped as invalid.",
+            stats.invalid_messages,
+        ),
+        (
+            "messages_other_protocol",
+            "Inbound messages from a node of the other protocol mode (still delivered).",
+            stats.other_protocol_messages,
+        ),
+        (
+            "sends_failed",
+            "Outgoing messages the transport failed to send.",
+            stats.failed_sends,
+        ),
+        (
+            "messages_unsent",
+            "Outgoing messages dropped because a peer or the server was not connected.",
+            stats.dropped_outgoing,
+        ),
+        (
+            "connections_refused",
+            "Inbound connections refused, or dropped mid-handshake to make room.",
+            stats.refused_connections,
+        ),
+    ]
 
 
 class NodeCollector:
@@ -36,7 +58,7 @@ class NodeCollector:
 
     def __init__(self, source: Callable[[], Node | None], rpc: object = None) -> None:
         self._source = source
-        self._rpc = rpc
+        self._stats = ITransportStats(rpc, None)
 
     def collect(self) -> Iterator[Metric]:
         node = self._source()
@@ -65,9 +87,10 @@ class NodeCollector:
             counter = CounterMetricFamily(f"graft_{name}", text, labels=labels)
             counter.add_metric(values, float(getattr(stats, name)))
             yield counter
-        for attribute, name, text in _RPC_COUNTERS:
-            value = getattr(self._rpc, attribute, None)
-            if isinstance(value, int):
+        if self._stats is None:
+            return
+        for name, text, value in _transport_counters(self._stats):
+            if value is not None:
                 counter = CounterMetricFamily(f"graft_{name}", text, labels=labels)
                 counter.add_metric(values, float(value))
                 yield counter

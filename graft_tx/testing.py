@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
+from graft_tx.dispatch import Message, deliver
 from graft_tx.errors import GraftError
 from graft_tx.interfaces import IAckingRpc, IElectionNode
 from graft_tx.messages import Heartbeat, HeartbeatAck, VoteRequest, VoteResponse
 
-Message = VoteRequest | VoteResponse | Heartbeat | HeartbeatAck
 Latency = float | tuple[float, float]
-Member = IElectionNode | str
 
 
 @dataclass(frozen=True)
@@ -171,12 +170,12 @@ class MemoryNetwork:
         delay = low if low == high else self._rng.uniform(low, high)
         call: IDelayedCall | None = None
 
-        def deliver() -> None:
+        def arrive() -> None:
             assert call is not None
             del self._in_flight[call]
             self._deliver(source, target, message)
 
-        call = self._clock.callLater(delay, deliver)
+        call = self._clock.callLater(delay, arrive)
         self._in_flight[call] = (sender, target)
 
     def _deliver(self, source: str, target: str, message: Message) -> None:
@@ -185,16 +184,8 @@ class MemoryNetwork:
             self.dropped += 1
             return
         self.delivered += 1
-        node = rpc.node
-        if isinstance(message, VoteRequest):
-            node.handle_vote_request(message)
-        elif isinstance(message, VoteResponse):
-            node.handle_vote_response(message)
-        elif isinstance(message, HeartbeatAck):
-            node.handle_heartbeat_ack(message)
-        else:
-            node.handle_heartbeat(message)
+        deliver(rpc.node, message)
 
 
-def _ids(group: Iterable[Member]) -> frozenset[str]:
+def _ids(group: Iterable[IElectionNode | str]) -> frozenset[str]:
     return frozenset(member if isinstance(member, str) else member.id for member in group)

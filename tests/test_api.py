@@ -42,7 +42,13 @@ from graft_tx import (
     VoteResponse,
     quorum,
 )
-from graft_tx.interfaces import IElectionNode, IRpc, IStateHandler, IStateMachineHandler
+from graft_tx.interfaces import (
+    IElectionNode,
+    IRpc,
+    IStateHandler,
+    IStateMachineHandler,
+    ITransportStats,
+)
 
 # Graft's algorithm as Go graft runs it; graft-tx features are tested on their own.
 pytestmark = pytest.mark.protocol("graft")
@@ -525,6 +531,12 @@ PROVIDERS: list[tuple[str, Callable[[Path], object], Any]] = [
         IStateMachineHandler,
     ),
     ("MemoryRpc", lambda _: graft_tx.testing.MemoryNetwork(Clock()).rpc(), IRpc),
+    ("NatsRpc stats", lambda _: graft_tx.NatsRpc(), ITransportStats),
+    (
+        "TcpRpc stats",
+        lambda _: graft_tx.TcpRpc("tcp:7001", ["tcp:host=127.0.0.1:port=7002"]),
+        ITransportStats,
+    ),
     ("RecordingRpc", lambda _: R(), IRpc),
     ("RecordingHandler", lambda _: H(), IStateHandler),
     ("PolicyHandler", lambda _: PolicyHandler(), IStateMachineHandler),

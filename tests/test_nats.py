@@ -40,8 +40,10 @@ from graft_tx import (
     SubjectError,
     Timing,
 )
-from graft_tx.interfaces import IRpc
+from graft_tx.interfaces import IRpc, ITransportStats
+from graft_tx.messages import Heartbeat, VoteRequest
 from graft_tx.transport import graft_pb2 as pb
+from graft_tx.transport import wire
 from graft_tx.transport.natsclient import DEFAULT_RECONNECT_WAIT, NatsMessage
 
 ServerFactory = Callable[..., NatsServer]
@@ -445,6 +447,8 @@ async def test_garbage_changes_nothing(nats_server: NatsServer, tmp_path: Path) 
             # Longer than an election timeout: the followers still hear the leader.
             await sleep(Timing().election_timeout_max + 0.1)
             assert [rpc.invalid_messages for rpc in rpcs] == expected
+            # Counted as invalid only: none of them is of the other mode or a failed send.
+            assert [(rpc.other_protocol_messages, rpc.failed_sends) for rpc in rpcs] == [(0, 0)] * 3
             assert snapshot(nodes) == before
             assert all(rpc.connection and rpc.connection.is_connected for rpc in rpcs)
 
@@ -930,14 +934,15 @@ def test_connect_nats_refuses_bad_options() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_client_request_subscribe_unsubscribe(
+async def test_client_reply_subscribe_unsubscribe(
     nats_server: NatsServer, logged_errors: LoggedErrors
 ) -> None:
-    """The Twisted NATS client answers requests, stops on unsubscribe and survives a raising
-    subscriber."""
+    """The Twisted NATS client carries reply subjects, stops on unsubscribe and survives a
+    raising subscriber."""
     conn = await graft_tx.connect_nats(nats_server.url, name="client-api")
     try:
         seen: list[bytes] = []
+        replies: list[NatsMessage] = []
 
         def answer(message: NatsMessage) -> None:
             seen.append(message.data)
@@ -946,15 +951,19 @@ async def test_client_request_subscribe_unsubscribe(
             conn.publish(message.reply, message.data.upper())
 
         sub = await conn.subscribe("svc.echo", answer)
+        await conn.subscribe("svc.inbox", replies.append)
         await conn.flush()
-        reply = await conn.request("svc.echo", b"hello", timeout=2.0)
-        assert reply.data == b"HELLO"
+        await conn.publish("svc.echo", b"hello", "svc.inbox")
+        await wait_until(lambda: len(replies) == 1, 5, "the reply")
+        assert (replies[0].subject, replies[0].data) == ("svc.inbox", b"HELLO")
         await conn.publish("svc.echo", b"boom")
         await conn.flush()
         await wait_until(lambda: b"boom" in seen, 5, "the raising subscriber to be called")
         assert [e for e in logged_errors.messages() if "svc.echo" in e]
         # The subscription still works after its callback raised.
-        assert (await conn.request("svc.echo", b"again", timeout=2.0)).data == b"AGAIN"
+        await conn.publish("svc.echo", b"again", "svc.inbox")
+        await wait_until(lambda: len(replies) == 2, 5, "the second reply")
+        assert replies[1].data == b"AGAIN"
         await sub.unsubscribe()
         await conn.flush()
         await conn.publish("svc.echo", b"late")
@@ -964,3 +973,69 @@ async def test_client_request_subscribe_unsubscribe(
     finally:
         await conn.close()
     assert conn.is_closed
+
+
+# -- transport counters --------------------------------------------------------
+
+
+def test_natsrpc_provides_itransportstats() -> None:
+    """NatsRpc provides ITransportStats: counters from 0, and no refused connections to count."""
+    rpc = NatsRpc("nats://127.0.0.1:4222")
+    assert verifyObject(ITransportStats, rpc)
+    assert (rpc.invalid_messages, rpc.other_protocol_messages, rpc.failed_sends) == (0, 0, 0)
+    assert rpc.dropped_outgoing == 0
+    assert rpc.refused_connections is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_of_the_other_mode_are_counted_apart_and_delivered(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A heartbeat of the other protocol mode counts in other_protocol_messages, not as
+    invalid, and still reaches the node; an invalid one counts only as invalid."""
+    node = make_node(tmp_path, "modes", 3, NatsRpc(nats_server.url), "n0", Timing(5.0, 6.0, 1.0))
+    raw: NatsConnection | None = None
+    with CapturedLog() as log:
+        try:
+            rpc = rpc_of(node)
+            await all_connected([rpc])
+            raw = await graft_tx.connect_nats(nats_server.url)
+            other = "" if node.protocol == "graft-tx" else wire.PROTOCOL
+            heartbeat = Heartbeat(node.current_term + 1, "elsewhere")
+            await raw.publish("graft.modes.heartbeat", wire.encode(heartbeat, 3, other))
+            await raw.flush()
+            await wait_until(lambda: rpc.other_protocol_messages == 1, 5, "the count")
+            assert node.leader == "elsewhere"
+            assert rpc.invalid_messages == 0
+            assert "comes from a node of protocol" in log.text()
+            await raw.publish("graft.modes.heartbeat", b"\xff not protobuf")
+            await raw.flush()
+            await wait_until(lambda: rpc.invalid_messages == 1, 5, "the invalid one counted")
+            assert rpc.other_protocol_messages == 1
+            assert rpc.failed_sends == 0
+        finally:
+            if raw is not None:
+                await raw.close()
+            await close_all([node])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_publish_counts_as_a_failed_send(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A message the server's payload limit refuses counts in failed_sends, not as unsent or
+    invalid, and is logged once."""
+    node = make_node(tmp_path, "big", 3, NatsRpc(nats_server.url), "n0", Timing(5.0, 6.0, 1.0))
+    with CapturedLog() as log:
+        try:
+            rpc = rpc_of(node)
+            await all_connected([rpc])
+            unsent = rpc.dropped_outgoing
+            # Beyond nats-server's default max_payload of 1 MB.
+            rpc.request_vote(VoteRequest(1, "n0", b"x" * 2_000_000))
+            await wait_until(lambda: rpc.failed_sends == 1, 5, "the failed send")
+            assert "could not publish on graft.big.vote_request" in log.text()
+            assert (rpc.dropped_outgoing, rpc.invalid_messages) == (unsent, 0)
+            assert rpc.other_protocol_messages == 0
+        finally:
+            await close_all([node])

@@ -34,7 +34,7 @@ from graft_tx import (
     VoteRequest,
     VoteResponse,
 )
-from graft_tx.interfaces import IElectionNode, IRpc
+from graft_tx.interfaces import IElectionNode, IRpc, ITransportStats
 from graft_tx.transport.lines import (
     VERSION,
     Keys,
@@ -284,6 +284,17 @@ def test_tcprpc_provides_irpc() -> None:
     rpc = TcpRpc("tcp:7001", ["tcp:host=127.0.0.1:port=7002"], reactor=MemoryReactorClock())
     assert verifyObject(IRpc, rpc)
     assert verifyObject(IRpc, Peer().rpc)
+
+
+def test_tcprpc_provides_itransportstats() -> None:
+    """TcpRpc provides ITransportStats: counters from 0, and none for what TCP cannot have."""
+    rpc = TcpRpc("tcp:7001", ["tcp:host=127.0.0.1:port=7002"], reactor=MemoryReactorClock())
+    assert verifyObject(ITransportStats, rpc)
+    assert (rpc.invalid_messages, rpc.dropped_outgoing, rpc.refused_connections) == (0, 0, 0)
+    # A peer of the other mode is refused at its hello; a write fails only with its connection.
+    assert rpc.other_protocol_messages is None
+    assert rpc.failed_sends is None
+    assert verifyObject(ITransportStats, Peer().rpc)
 
 
 # -- handshake happy paths ----------------------------------------------------
@@ -683,7 +694,8 @@ def test_an_error_line_from_the_peer_is_logged_and_closes(side: str) -> None:
     assert conn.transport.value() == b""
     assert "go away" in peer.logged_reasons()
     assert any("refused the connection: go away" in text for text in peer.warnings())
-    assert peer.rpc.invalid_messages == 1
+    # The peer counted what it refused; on this side it is a refusal heard, not bad input.
+    assert (peer.rpc.invalid_messages, peer.rpc.refused_connections) == (0, 0)
     if side == CLIENT:
         assert conn.handshake_failed()
 
@@ -1013,7 +1025,7 @@ def test_handshakes_beyond_the_limit_are_trimmed_once_they_could_have_said_hello
     assert [conn.open for conn in conns] == [False, False, True, True, True]
     assert all(conn.transport.aborted and conn.transport.value() == b"" for conn in conns[:2])
     assert any("to make room" in text for text in b.warnings())
-    assert b.rpc.invalid_messages == 2
+    assert (b.rpc.refused_connections, b.rpc.invalid_messages) == (2, 0)
 
 
 def test_a_newcomer_is_not_trimmed_before_it_could_say_hello() -> None:
@@ -1046,6 +1058,7 @@ def test_beyond_the_hard_limit_a_newcomer_pushes_out_the_oldest() -> None:
     assert [conn.open for conn in pending] == [False] + [True] * (hard - 1)
     assert pending[0].transport.aborted and pending[0].transport.value() == b""
     assert any("to make room" in text for text in b.warnings())
+    assert (b.rpc.refused_connections, b.rpc.invalid_messages) == (1, 0)
     b.reactor.advance(PROVE_WITHIN)
     assert sum(conn.open for conn in pending) == 3 and elsewhere.open
 
@@ -1077,6 +1090,7 @@ def test_when_every_pending_handshake_is_proven_a_newcomer_is_refused() -> None:
     assert not newcomer.open and newcomer.transport.aborted
     assert all(conn.open for conn in proven)
     assert any("handshakes already pending" in text for text in b.warnings())
+    assert (b.rpc.refused_connections, b.rpc.invalid_messages) == (1, 0)
 
 
 def test_a_hello_with_a_fresh_ticket_is_never_trimmed() -> None:
@@ -1206,13 +1220,15 @@ def test_a_flood_of_silent_connections_is_held_to_the_pending_limit() -> None:
     b = Peer("b")
     flood = [b.accept() for _ in range(500)]
     assert sum(conn.open for conn in flood) == 16 * HARD_LIMIT_FACTOR
-    assert b.rpc.invalid_messages == 500 - 16 * HARD_LIMIT_FACTOR
+    assert b.rpc.refused_connections == 500 - 16 * HARD_LIMIT_FACTOR
     b.reactor.advance(PROVE_WITHIN)
     assert sum(conn.open for conn in flood) == 16
     assert len(b.warnings()) <= 20
+    assert (b.rpc.refused_connections, b.rpc.invalid_messages) == (500 - 16, 0)
     b.reactor.advance(5)
     assert not any(conn.open for conn in flood)
-    assert b.rpc.invalid_messages == 500
+    # The 16 that kept their slots never said hello: timed out, invalid.
+    assert (b.rpc.refused_connections, b.rpc.invalid_messages) == (500 - 16, 16)
     assert b.reactor.getDelayedCalls() == []
     newcomer = b.accept()
     newcomer.receive_line(hello("a"))

@@ -156,7 +156,7 @@ async def test_a_dropped_connection_comes_back_under_a_slot_attack(tmp_path: Pat
         attacker.start()
         # Past the listen backlog's SYN retries: the address holds all it may.
         victim = cluster.rpcs[follower.id]
-        await wait_until(lambda: victim.invalid_messages > 500, 10, "the slots full")
+        await wait_until(lambda: victim.refused_connections > 500, 10, "the slots full")
         rpc = cluster.rpcs[leader.id]
         rpc._outbound[follower.id]._abort()
         await wait_until(lambda: follower.id not in rpc.connected_peers, 1, "the drop")

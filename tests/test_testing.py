@@ -17,7 +17,7 @@ from graft_tx import ClusterInfo, GraftError, Heartbeat, HeartbeatAck, VoteReque
 from graft_tx.interfaces import IElectionNode, IRpc
 from graft_tx.testing import Delivery, MemoryNetwork, MemoryRpc
 
-Message = VoteRequest | VoteResponse | Heartbeat
+Message = VoteRequest | VoteResponse | Heartbeat | HeartbeatAck
 
 
 @implementer(IElectionNode)
@@ -212,6 +212,17 @@ def test_broadcasts_reach_every_other_node_and_responses_only_their_candidate() 
     assert b.messages() == [VoteRequest(1, "a"), Heartbeat(1, "a")]
     assert c.messages() == [VoteRequest(1, "a"), Heartbeat(1, "a"), VoteResponse(1, False, "b")]
     assert network.node_ids == {"a", "b", "c"}
+
+
+def test_an_acknowledgement_reaches_only_its_leader() -> None:
+    """A heartbeat acknowledgement goes to the one leader named, through handle_heartbeat_ack."""
+    clock = task.Clock()
+    network = MemoryNetwork(clock, latency=0.01)
+    (a, _), (b, rpc_b), (c, _) = join(network, clock, "a", "b", "c")
+    rpc_b.send_heartbeat_ack("a", HeartbeatAck(1, "b", 7))
+    clock.advance(0.01)
+    assert a.messages() == [HeartbeatAck(1, "b", 7)]
+    assert b.messages() == c.messages() == []
 
 
 def test_split_stops_traffic_both_ways_but_not_within_a_group() -> None:

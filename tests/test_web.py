@@ -24,8 +24,11 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource, getChildForRequest
 from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyChannel, DummyRequest
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from graft_tx import ClusterInfo, GraftService, Heartbeat, State, VoteResponse
+from graft_tx.interfaces import ITransportStats
 from graft_tx.node import Node
 from graft_tx.testing import MemoryNetwork
 from graft_tx.web import GraftResource, StatusChannel, StatusRequest, StatusSite
@@ -91,11 +94,33 @@ def running_node(service: GraftService) -> Node:
     return service.node
 
 
+@implementer(ITransportStats)
 class CountingRpc(RecordingRpc):
-    """A RecordingRpc that counts dropped messages, as NatsRpc and TcpRpc do."""
+    """A RecordingRpc that keeps transport counters, as NatsRpc and TcpRpc do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.invalid_messages = 4
+        self.other_protocol_messages: int | None = 3
+        self.failed_sends: int | None = 5
+        self.dropped_outgoing = 2
+        self.refused_connections: int | None = 7
+
+
+class UndeclaredRpc(RecordingRpc):
+    """A RecordingRpc with counters of the right names that does not declare ITransportStats."""
 
     invalid_messages = 4
     dropped_outgoing = 2
+
+
+TRANSPORT_METRICS = (
+    ("graft_messages_invalid", "invalid_messages"),
+    ("graft_messages_other_protocol", "other_protocol_messages"),
+    ("graft_sends_failed", "failed_sends"),
+    ("graft_messages_unsent", "dropped_outgoing"),
+    ("graft_connections_refused", "refused_connections"),
+)
 
 
 def elected_cluster(tmp_path: Path) -> tuple[Clock, list[GraftService], GraftService]:
@@ -328,9 +353,9 @@ def test_metrics_match_node_stats(tmp_path: Path) -> None:
             ):
                 assert families[f"graft_{name}"].type == "counter"
                 assert sample(families, f"graft_{name}_total", **ids) == getattr(stats, name)
-            # MemoryRpc keeps no drop counters, so those metrics are absent.
-            assert "graft_messages_invalid" not in families
-            assert "graft_messages_unsent" not in families
+            # MemoryRpc keeps no transport counters, so those metrics are absent.
+            for metric, _ in TRANSPORT_METRICS:
+                assert metric not in families
     finally:
         stop_all(services)
 
@@ -368,8 +393,13 @@ def test_metrics_state_is_one_hot(tmp_path: Path) -> None:
     assert sample(families, "graft_is_leader") == 0.0
 
 
+def test_counting_rpc_provides_itransportstats() -> None:
+    """The test fake CountingRpc passes verifyObject for ITransportStats."""
+    assert verifyObject(ITransportStats, CountingRpc())
+
+
 def test_metrics_transport_counters(tmp_path: Path) -> None:
-    """A transport's invalid_messages and dropped_outgoing become the two message counters."""
+    """Each ITransportStats counter becomes its own Prometheus counter, read at each scrape."""
     clock = Clock()
     rpc = CountingRpc()
     service = make_service(tmp_path, clock, rpc)
@@ -377,14 +407,50 @@ def test_metrics_transport_counters(tmp_path: Path) -> None:
     try:
         resource = GraftResource(service)
         families = metrics_of(get(resource, "/metrics").body)
-        assert families["graft_messages_invalid"].type == "counter"
-        assert sample(families, "graft_messages_invalid_total", node="a") == 4.0
-        assert sample(families, "graft_messages_unsent_total", node="a") == 2.0
-        rpc.invalid_messages = 9
-        rpc.dropped_outgoing = 11
+        for metric, attribute in TRANSPORT_METRICS:
+            assert families[metric].type == "counter"
+            expected = float(getattr(rpc, attribute))
+            assert sample(families, f"{metric}_total", node="a") == expected, metric
+        for number, (_, attribute) in enumerate(TRANSPORT_METRICS, start=10):
+            setattr(rpc, attribute, number)
         families = metrics_of(get(resource, "/metrics").body)
-        assert sample(families, "graft_messages_invalid_total") == 9.0
-        assert sample(families, "graft_messages_unsent_total") == 11.0
+        for number, (metric, _) in enumerate(TRANSPORT_METRICS, start=10):
+            assert sample(families, f"{metric}_total") == float(number), metric
+    finally:
+        result_of(service.stopService())
+
+
+def test_metrics_leave_out_counters_a_transport_does_not_have(tmp_path: Path) -> None:
+    """A counter that is None (the transport has no such thing) has no metric; the rest do."""
+    clock = Clock()
+    rpc = CountingRpc()
+    rpc.other_protocol_messages = rpc.failed_sends = rpc.refused_connections = None
+    service = make_service(tmp_path, clock, rpc)
+    service.startService()
+    try:
+        families = metrics_of(get(GraftResource(service), "/metrics").body)
+        assert sample(families, "graft_messages_invalid_total") == 4.0
+        assert sample(families, "graft_messages_unsent_total") == 2.0
+        for metric in (
+            "graft_messages_other_protocol",
+            "graft_sends_failed",
+            "graft_connections_refused",
+        ):
+            assert metric not in families
+    finally:
+        result_of(service.stopService())
+
+
+def test_metrics_read_only_a_declared_itransportstats(tmp_path: Path) -> None:
+    """Counters on a transport that does not declare ITransportStats are not exported."""
+    clock = Clock()
+    service = make_service(tmp_path, clock, UndeclaredRpc())
+    service.startService()
+    try:
+        families = metrics_of(get(GraftResource(service), "/metrics").body)
+        assert "graft_term" in families
+        for metric, _ in TRANSPORT_METRICS:
+            assert metric not in families
     finally:
         result_of(service.stopService())
 

@@ -24,11 +24,11 @@ from graft_tx.transport import wire
 from graft_tx.transport.wire import (
     PROTOCOL,
     WireError,
-    decode_heartbeat,
-    decode_heartbeat_ack,
-    decode_vote_request,
-    decode_vote_response,
     encode,
+    read_heartbeat,
+    read_heartbeat_ack,
+    read_vote_request,
+    read_vote_response,
 )
 
 MAX_TERM = 2**64 - 1
@@ -75,12 +75,12 @@ SCHEMA: dict[str, dict[int, tuple[str, int, int]]] = {
     },
 }
 
-Decoder = Callable[[bytes, int], object]
+Decoder = Callable[[bytes, int], tuple[object, str]]
 DECODERS: list[Decoder] = [
-    decode_vote_request,
-    decode_vote_response,
-    decode_heartbeat,
-    decode_heartbeat_ack,
+    read_vote_request,
+    read_vote_response,
+    read_heartbeat,
+    read_heartbeat_ack,
 ]
 
 
@@ -305,32 +305,33 @@ def test_encoded_go_graft_prefix_is_byte_exact() -> None:
 
 
 def test_go_vote_request_decodes() -> None:
-    """Go graft's VoteRequest (term 5, candidate abc, state x) decodes field by field."""
-    assert decode_vote_request(b"\x08\x05\x12\x03abc\x1a\x01x", 3) == VoteRequest(5, "abc", b"x")
+    """Go graft's VoteRequest (term 5, candidate abc, state x) decodes, of protocol ""."""
+    data = b"\x08\x05\x12\x03abc\x1a\x01x"
+    assert read_vote_request(data, 3) == (VoteRequest(5, "abc", b"x"), "")
 
 
 def test_go_vote_response_without_voter_decodes() -> None:
     """Go graft's VoteResponse (no voter field) decodes with an empty voter."""
-    assert decode_vote_response(b"\x08\x07\x10\x01", 3) == VoteResponse(7, True, "")
-    assert decode_vote_response(b"\x08\x07", 3) == VoteResponse(7, False, "")
+    assert read_vote_response(b"\x08\x07\x10\x01", 3)[0] == VoteResponse(7, True, "")
+    assert read_vote_response(b"\x08\x07", 3)[0] == VoteResponse(7, False, "")
 
 
 def test_go_heartbeat_decodes() -> None:
     """Go graft's Heartbeat (term 42, leader lead) decodes."""
-    assert decode_heartbeat(b"\x08\x2a\x12\x04lead", 3) == Heartbeat(42, "lead")
+    assert read_heartbeat(b"\x08\x2a\x12\x04lead", 3) == (Heartbeat(42, "lead"), "")
 
 
 def test_vote_response_voter_is_field_3() -> None:
     """graft_tx's voter id rides in field 3 of VoteResponse."""
-    assert decode_vote_response(b"\x08\x07\x10\x01\x1a\x02v1", 3) == VoteResponse(7, True, "v1")
+    assert read_vote_response(b"\x08\x07\x10\x01\x1a\x02v1", 3)[0] == VoteResponse(7, True, "v1")
 
 
 def test_largest_term_decodes_from_a_ten_byte_varint() -> None:
     """Term 2**64-1, a 10-byte varint, decodes exactly in every message."""
     term = b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"
-    assert decode_vote_request(term + b"\x12\x01c", 1) == VoteRequest(MAX_TERM, "c")
-    assert decode_vote_response(term + b"\x10\x01", 1) == VoteResponse(MAX_TERM, True)
-    assert decode_heartbeat(term + b"\x12\x01l", 1) == Heartbeat(MAX_TERM, "l")
+    assert read_vote_request(term + b"\x12\x01c", 1)[0] == VoteRequest(MAX_TERM, "c")
+    assert read_vote_response(term + b"\x10\x01", 1)[0] == VoteResponse(MAX_TERM, True)
+    assert read_heartbeat(term + b"\x12\x01l", 1)[0] == Heartbeat(MAX_TERM, "l")
 
 
 # Unknown fields of every wire type: varint (field 4 = 150), fixed64 (field 5),
@@ -345,16 +346,16 @@ UNKNOWN = (
     ("decode", "known", "expected"),
     [
         (
-            decode_vote_request,
+            read_vote_request,
             [b"\x08\x05", b"\x12\x03abc", b"\x1a\x01x"],
             VoteRequest(5, "abc", b"x"),
         ),
         (
-            decode_vote_response,
+            read_vote_response,
             [b"\x08\x07", b"\x10\x01", b"\x1a\x01v"],
             VoteResponse(7, True, "v"),
         ),
-        (decode_heartbeat, [b"\x08\x2a", b"\x12\x04lead"], Heartbeat(42, "lead")),
+        (read_heartbeat, [b"\x08\x2a", b"\x12\x04lead"], Heartbeat(42, "lead")),
     ],
     ids=["VoteRequest", "VoteResponse", "Heartbeat"],
 )
@@ -362,50 +363,50 @@ def test_unknown_fields_are_skipped_anywhere(
     decode: Decoder, known: list[bytes], expected: object
 ) -> None:
     """Unknown fields of each wire type, before, between and after known ones, are ignored."""
-    assert decode(UNKNOWN + b"".join(known), 3) == expected
-    assert decode(b"".join(known) + UNKNOWN, 3) == expected
-    assert decode(UNKNOWN.join(known), 3) == expected
-    assert decode(UNKNOWN + UNKNOWN.join(known) + UNKNOWN, 3) == expected
+    assert decode(UNKNOWN + b"".join(known), 3)[0] == expected
+    assert decode(b"".join(known) + UNKNOWN, 3)[0] == expected
+    assert decode(UNKNOWN.join(known), 3)[0] == expected
+    assert decode(UNKNOWN + UNKNOWN.join(known) + UNKNOWN, 3)[0] == expected
 
 
 @pytest.mark.parametrize(
     ("decode", "known", "expected"),
     [
         (
-            decode_vote_request,
+            read_vote_request,
             [b"\x08\x05", b"\x12\x03abc", b"\x1a\x01x"],
             VoteRequest(5, "abc", b"x"),
         ),
         (
-            decode_vote_response,
+            read_vote_response,
             [b"\x08\x07", b"\x10\x01", b"\x1a\x01v"],
             VoteResponse(7, True, "v"),
         ),
-        (decode_heartbeat, [b"\x08\x2a", b"\x12\x04lead"], Heartbeat(42, "lead")),
+        (read_heartbeat, [b"\x08\x2a", b"\x12\x04lead"], Heartbeat(42, "lead")),
     ],
     ids=["VoteRequest", "VoteResponse", "Heartbeat"],
 )
 def test_fields_in_any_order(decode: Decoder, known: list[bytes], expected: object) -> None:
     """The known fields decode the same in reverse order and with size and protocol first."""
     extra = [b"\x50\x03", b"\x5a\x0agraft-tx/1"]
-    assert decode(b"".join(reversed(known)), 3) == expected
-    assert decode(b"".join(extra + known), 3) == expected
-    assert decode(b"".join(reversed(known + extra)), 3) == expected
+    assert decode(b"".join(reversed(known)), 3)[0] == expected
+    assert decode(b"".join(extra + known), 3)[0] == expected
+    assert decode(b"".join(reversed(known + extra)), 3)[0] == expected
 
 
 def test_repeated_scalar_last_one_wins() -> None:
     """A scalar field sent several times takes its last value, as protobuf says."""
-    assert decode_vote_request(b"\x08\x01\x12\x01a\x08\x05\x12\x01b", 3) == VoteRequest(5, "b")
-    assert decode_vote_response(b"\x10\x01\x08\x03\x10\x00", 3) == VoteResponse(3, False)
-    assert decode_heartbeat(b"\x12\x01x\x08\x09\x12\x01y\x08\x02", 3) == Heartbeat(2, "y")
+    assert read_vote_request(b"\x08\x01\x12\x01a\x08\x05\x12\x01b", 3)[0] == VoteRequest(5, "b")
+    assert read_vote_response(b"\x10\x01\x08\x03\x10\x00", 3)[0] == VoteResponse(3, False)
+    assert read_heartbeat(b"\x12\x01x\x08\x09\x12\x01y\x08\x02", 3)[0] == Heartbeat(2, "y")
 
 
 def test_repeated_cluster_size_last_one_wins() -> None:
     """With cluster_size sent twice, the node judges the last one."""
     data = b"\x08\x01\x12\x01l\x50\x03\x50\x05"
-    assert decode_heartbeat(data, 5) == Heartbeat(1, "l")
+    assert read_heartbeat(data, 5)[0] == Heartbeat(1, "l")
     with pytest.raises(WireError):
-        decode_heartbeat(data, 3)
+        read_heartbeat(data, 3)
 
 
 # -- accepted and refused messages ---------------------------------------------
@@ -414,17 +415,19 @@ def test_repeated_cluster_size_last_one_wins() -> None:
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 1000])
 def test_go_messages_accepted_by_a_node_of_any_size(size: int) -> None:
     """A Go graft message (no cluster_size, no protocol) is accepted whatever the node's size."""
-    assert decode_vote_request(b"\x08\x05\x12\x03abc\x1a\x01x", size) == VoteRequest(5, "abc", b"x")
-    assert decode_vote_response(b"\x08\x07\x10\x01", size) == VoteResponse(7, True)
-    assert decode_heartbeat(b"\x08\x2a\x12\x04lead", size) == Heartbeat(42, "lead")
+    assert read_vote_request(b"\x08\x05\x12\x03abc\x1a\x01x", size)[0] == VoteRequest(
+        5, "abc", b"x"
+    )
+    assert read_vote_response(b"\x08\x07\x10\x01", size)[0] == VoteResponse(7, True)
+    assert read_heartbeat(b"\x08\x2a\x12\x04lead", size)[0] == Heartbeat(42, "lead")
 
 
 @pytest.mark.parametrize(
     ("decode", "message"),
     [
-        (decode_vote_request, VoteRequest(1, "c", b"s")),
-        (decode_vote_response, VoteResponse(1, True, "v")),
-        (decode_heartbeat, Heartbeat(1, "l")),
+        (read_vote_request, VoteRequest(1, "c", b"s")),
+        (read_vote_response, VoteResponse(1, True, "v")),
+        (read_heartbeat, Heartbeat(1, "l")),
     ],
     ids=["VoteRequest", "VoteResponse", "Heartbeat"],
 )
@@ -433,7 +436,7 @@ def test_other_cluster_size_refused(
 ) -> None:
     """A message from a cluster of another size raises WireError naming both sizes."""
     data = encode(message, 3)
-    assert decode(data, 3) == message
+    assert decode(data, 3)[0] == message
     with pytest.raises(WireError, match=r"3 nodes.*5"):
         decode(data, 5)
 
@@ -443,7 +446,7 @@ def test_other_cluster_size_refused(
 def test_unknown_protocol_refused(decode: Decoder, protocol: bytes) -> None:
     """A message of a protocol this node does not know raises WireError."""
     body = b"\x08\x01\x12\x01a\x1a\x01a"  # valid for all three kinds
-    assert decode(body + b"\x5a\x0agraft-tx/1", 3) is not None
+    assert decode(body + b"\x5a\x0agraft-tx/1", 3)[0] is not None
     with pytest.raises(WireError, match="protocol"):
         decode(body + b"\x5a" + bytes([len(protocol)]) + protocol, 3)
 
@@ -452,35 +455,35 @@ def test_empty_candidate_refused() -> None:
     """A VoteRequest without a candidate, or with an empty one, raises WireError."""
     for data in (b"\x08\x05", b"\x08\x05\x12\x00", b"\x08\x05\x1a\x01x\x50\x03"):
         with pytest.raises(WireError):
-            decode_vote_request(data, 3)
+            read_vote_request(data, 3)
 
 
 def test_empty_leader_refused() -> None:
     """A Heartbeat without a leader, or with an empty one, raises WireError."""
     for data in (b"\x08\x05", b"\x08\x05\x12\x00", b"", b"\x50\x03\x5a\x0agraft-tx/1"):
         with pytest.raises(WireError):
-            decode_heartbeat(data, 3)
+            read_heartbeat(data, 3)
 
 
 def test_non_printable_ids_refused() -> None:
     """Control characters in a candidate, voter or leader id raise WireError."""
     with pytest.raises(WireError):
-        decode_vote_request(b"\x08\x05\x12\x03a\nb", 3)
+        read_vote_request(b"\x08\x05\x12\x03a\nb", 3)
     with pytest.raises(WireError):
-        decode_vote_response(b"\x08\x05\x1a\x02a\x00", 3)
+        read_vote_response(b"\x08\x05\x1a\x02a\x00", 3)
     with pytest.raises(WireError):
-        decode_heartbeat(b"\x08\x05\x12\x02\x1bx", 3)
+        read_heartbeat(b"\x08\x05\x12\x02\x1bx", 3)
 
 
 @pytest.mark.parametrize(
     ("decode", "data"),
     [
-        (decode_vote_request, b"\x08\x05\x12\x02\xff\xfe"),
-        (decode_vote_request, b"\x08\x05\x12\x01c\x5a\x02\xc3\x28"),
-        (decode_vote_response, b"\x08\x05\x1a\x01\x80"),
-        (decode_vote_response, b"\x08\x05\x5a\x03\xed\xa0\x80"),  # a UTF-8 encoded surrogate
-        (decode_heartbeat, b"\x08\x05\x12\x04lea\xff"),
-        (decode_heartbeat, b"\x08\x05\x12\x01l\x5a\x01\xfe"),
+        (read_vote_request, b"\x08\x05\x12\x02\xff\xfe"),
+        (read_vote_request, b"\x08\x05\x12\x01c\x5a\x02\xc3\x28"),
+        (read_vote_response, b"\x08\x05\x1a\x01\x80"),
+        (read_vote_response, b"\x08\x05\x5a\x03\xed\xa0\x80"),  # a UTF-8 encoded surrogate
+        (read_heartbeat, b"\x08\x05\x12\x04lea\xff"),
+        (read_heartbeat, b"\x08\x05\x12\x01l\x5a\x01\xfe"),
     ],
 )
 def test_invalid_utf8_refused(decode: Decoder, data: bytes) -> None:
@@ -493,7 +496,7 @@ def test_current_state_is_opaque_bytes() -> None:
     """current_state is bytes: any content, including invalid UTF-8, decodes as given."""
     state = bytes(range(256))
     data = b"\x08\x05\x12\x01c\x1a\x80\x02" + state
-    assert decode_vote_request(data, 3) == VoteRequest(5, "c", state)
+    assert read_vote_request(data, 3)[0] == VoteRequest(5, "c", state)
 
 
 @pytest.mark.parametrize(
@@ -512,19 +515,19 @@ def test_truncated_messages_raise_wire_error_or_decode(
     """Every prefix of a valid encoding raises WireError or decodes to a valid message."""
     data = encode(message, 3)
     decode = {
-        VoteRequest: decode_vote_request,
-        VoteResponse: decode_vote_response,
-        Heartbeat: decode_heartbeat,
+        VoteRequest: read_vote_request,
+        VoteResponse: read_vote_response,
+        Heartbeat: read_heartbeat,
     }[type(message)]
     refused = 0
     for end in range(len(data)):
         try:
-            decoded = decode(data[:end], 3)
+            decoded = decode(data[:end], 3)[0]
         except WireError:
             refused += 1
         else:
             assert isinstance(decoded, type(message))
-    assert decode(data, 3) == message
+    assert decode(data, 3)[0] == message
     # Cuts inside a field are refused, not misread: most prefixes are.
     assert refused > len(data) // 2
 
@@ -553,11 +556,11 @@ def test_round_trip(message: VoteRequest | VoteResponse | Heartbeat, size: int) 
     """encode then decode gives back any valid message, and the wire matches graft.proto."""
     data = encode(message, size)
     decode = {
-        VoteRequest: decode_vote_request,
-        VoteResponse: decode_vote_response,
-        Heartbeat: decode_heartbeat,
+        VoteRequest: read_vote_request,
+        VoteResponse: read_vote_response,
+        Heartbeat: read_heartbeat,
     }[type(message)]
-    assert decode(data, size) == message
+    assert decode(data, size) == (message, PROTOCOL)
     values = {**vars(message), "cluster_size": size, "protocol": PROTOCOL}
     assert fields_by_number(data) == expected_fields(type(message).__name__, values)
 
@@ -651,27 +654,27 @@ def test_decoding_agrees_with_an_independent_model(
     data = b"".join(field(*f) for f in fields)
     assert read_fields(data) == fields
     decode = {
-        "VoteRequest": decode_vote_request,
-        "VoteResponse": decode_vote_response,
-        "Heartbeat": decode_heartbeat,
-        "HeartbeatAck": decode_heartbeat_ack,
+        "VoteRequest": read_vote_request,
+        "VoteResponse": read_vote_response,
+        "Heartbeat": read_heartbeat,
+        "HeartbeatAck": read_heartbeat_ack,
     }[kind]
     expected = model_decode(kind, fields, size)
     if expected is WireError:
         with pytest.raises(WireError):
             decode(data, size)
     else:
-        assert decode(data, size) == expected
+        assert decode(data, size)[0] == expected
 
 
 def test_ids_longer_than_the_limit_are_refused() -> None:
     """An id of more than MAX_ID_LENGTH characters (a megabyte from a stranger) is refused,
     and the error quotes only its start; one of exactly the limit passes."""
     longest = "n" * MAX_ID_LENGTH
-    assert wire.decode_heartbeat(wire.encode(Heartbeat(1, longest), 3), 3).leader == longest
+    assert read_heartbeat(wire.encode(Heartbeat(1, longest), 3), 3)[0].leader == longest
     huge = pb.Heartbeat(term=1, leader="x" * 1_000_000, cluster_size=3).SerializeToString()
     with pytest.raises(WireError) as raised:
-        wire.decode_heartbeat(huge, 3)
+        read_heartbeat(huge, 3)
     assert len(str(raised.value)) < 200
     with pytest.raises(MessageError):
         HeartbeatAck(1, "y" * (MAX_ID_LENGTH + 1), 1)

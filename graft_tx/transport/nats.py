@@ -22,8 +22,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from graft_tx.dispatch import Message
 from graft_tx.errors import GraftError
-from graft_tx.interfaces import IAckingRpc, IElectionNode
+from graft_tx.interfaces import IAckingRpc, IElectionNode, ITransportStats
 from graft_tx.messages import Heartbeat, HeartbeatAck, VoteRequest, VoteResponse
 from graft_tx.ratelimit import RateLimitedLog, escape
 from graft_tx.transport import wire
@@ -75,7 +76,7 @@ def heartbeat_ack_subject(node_id: str) -> str:
     return f"graft.{node_id}.heartbeat_ack"
 
 
-def _ids(message: wire.Message) -> list[tuple[str, str]]:
+def _ids(message: Message) -> list[tuple[str, str]]:
     """The node ids a message names, with what each is."""
     if isinstance(message, VoteRequest):
         return [("candidate id", message.candidate)]
@@ -86,7 +87,7 @@ def _ids(message: wire.Message) -> list[tuple[str, str]]:
     return [("follower id", message.follower)]
 
 
-@implementer(IAckingRpc)
+@implementer(IAckingRpc, ITransportStats)
 class NatsRpc:
     """One node's NATS transport.
 
@@ -96,6 +97,10 @@ class NatsRpc:
     connection that the caller opened and closes: closing the node leaves it
     open. Messages sent while the connection is down are dropped, never
     queued; the election tolerates loss.
+
+    Its counters (L{ITransportStats}) are counted where each thing happens;
+    a NATS transport accepts no connections, so C{refused_connections} is
+    L{None}.
     """
 
     log = Logger()
@@ -122,9 +127,13 @@ class NatsRpc:
         self._ready = False
         self._waiters: list[Deferred[None]] = []
         self._remove_listener: Callable[[], None] | None = None
-        self._invalid: RateLimitedLog | None = None
+        self._warnings: RateLimitedLog | None = None
         self._closed = False
+        self.invalid_messages = 0
+        self.other_protocol_messages = 0
+        self.failed_sends = 0
         self.dropped_outgoing = 0
+        self.refused_connections = None
 
     @classmethod
     def from_connection(cls, connection: NatsConnection) -> NatsRpc:
@@ -133,11 +142,6 @@ class NatsRpc:
         rpc._connection = connection
         rpc._owns_connection = False
         return rpc
-
-    @property
-    def invalid_messages(self) -> int:
-        """How many inbound messages were dropped as invalid."""
-        return 0 if self._invalid is None else self._invalid.dropped
 
     # -- IRpc -----------------------------------------------------------
 
@@ -159,7 +163,7 @@ class NatsRpc:
         self._node = node
         self._size = node.cluster_info.size
         self._wire_protocol = wire.wire_protocol(node.protocol)
-        self._invalid = RateLimitedLog(self.log, reactor)
+        self._warnings = RateLimitedLog(self.log, reactor)
         if self._connection is not None:
             self._connected(self._connection)
         else:
@@ -199,7 +203,7 @@ class NatsRpc:
     def send_heartbeat_ack(self, leader_id: str, ack: HeartbeatAck) -> None:
         self._publish(heartbeat_ack_subject(leader_id), self._encode(ack))
 
-    def _encode(self, message: wire.Message) -> bytes:
+    def _encode(self, message: Message) -> bytes:
         return wire.encode(message, self._size, self._wire_protocol)
 
     # -- connection -----------------------------------------------------
@@ -297,17 +301,18 @@ class NatsRpc:
         connection.publish(subject, payload, reply).addErrback(self._publish_failed, subject)
 
     def _publish_failed(self, failure: Failure, subject: str) -> None:
-        self.dropped_outgoing += 1
-        if self._invalid is not None:
-            self._invalid.warn(
+        self.failed_sends += 1
+        if self._warnings is not None:
+            self._warnings.warn(
                 "could not publish on {subject}: {error}",
                 subject=subject,
                 error=failure.getErrorMessage(),
             )
 
     def _drop(self, message: NatsMessage, error: Exception) -> None:
-        assert self._invalid is not None
-        self._invalid.warn(
+        self.invalid_messages += 1
+        assert self._warnings is not None
+        self._warnings.warn(
             "dropped an invalid message on {subject}: {error}",
             key="invalid " + message.subject.rpartition(".")[2],
             subject=escape(message.subject),
@@ -334,8 +339,11 @@ class NatsRpc:
             self._drop(message, e)
             return None
         if protocol != self._wire_protocol:
-            assert self._invalid is not None
-            self._invalid.warn(
+            # Delivered all the same: a cluster part-way through changing
+            # mode keeps electing, and the warning says what to fix.
+            self.other_protocol_messages += 1
+            assert self._warnings is not None
+            self._warnings.warn(
                 'a message on {subject} comes from a node of protocol {theirs!r} ("" is Go '
                 "graft or mode 'graft'), this node runs {ours!r}: every node of a cluster "
                 "must use the same protocol",

@@ -1,4 +1,4 @@
-"""A Twisted face for nats-py: connect, publish, subscribe, request, close.
+"""A Twisted face for nats-py: connect, publish, subscribe, close.
 
 nats-py is an asyncio library. It runs inside Twisted only on Twisted's
 asyncio reactor, where the reactor and asyncio share one event loop; under
@@ -269,11 +269,6 @@ class NatsConnection:
 
         d = self._run(self._client.subscribe(subject, cb=deliver))
         return d.addCallback(lambda sub: NatsSubscription(self, sub))
-
-    def request(self, subject: str, payload: bytes, timeout: float = 2.0) -> Deferred[NatsMessage]:
-        """Publish a request and fire with the first reply (or fail on timeout)."""
-        d = self._run(self._client.request(subject, payload, timeout=timeout))
-        return d.addCallback(lambda msg: NatsMessage(msg.subject, msg.data, msg.reply or ""))
 
     def flush(self, timeout: float = 2.0) -> Deferred[None]:
         """Fires once the server has seen everything sent so far.

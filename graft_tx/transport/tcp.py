@@ -45,8 +45,9 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from graft_tx.dispatch import deliver
 from graft_tx.errors import GraftError, MessageError
-from graft_tx.interfaces import IAckingRpc, IElectionNode
+from graft_tx.interfaces import IAckingRpc, IElectionNode, ITransportStats
 from graft_tx.messages import Heartbeat, HeartbeatAck, VoteRequest, VoteResponse, check_id
 from graft_tx.ratelimit import QUOTE_LIMIT, RateLimitedLog, escape
 from graft_tx.transport.lines import (
@@ -329,6 +330,7 @@ class PeerProtocol(LineOnlyReceiver):
     def _refuse(self, reason: str) -> None:
         if self.state == "closed":
             return
+        self._rpc.invalid_messages += 1
         direction = "to" if self._side == CLIENT else "from"
         self._rpc._warn(
             "dropped the connection {direction} {peer}: {reason}",
@@ -446,7 +448,7 @@ def _set_user_timeout(transport: object, seconds: float) -> None:
         transport = getattr(transport, "transport", None)
 
 
-@implementer(IAckingRpc)
+@implementer(IAckingRpc, ITransportStats)
 class TcpRpc:
     """A node's TCP transport to a fixed set of peers.
 
@@ -463,6 +465,14 @@ class TcpRpc:
         connection is dropped and retried. Without it a connection that lost
         packets in a partition sits in the kernel's retransmission backoff,
         unheard for seconds to minutes after the network heals.
+
+    Its counters (L{ITransportStats}): C{invalid_messages} counts the
+    connections it dropped for what came on them (a bad line or hello, a
+    failed proof, a handshake that timed out), C{refused_connections} the
+    handshakes it refused or pushed out to make room. A peer of the other
+    protocol mode is refused at its hello, and a write cannot fail apart
+    from its connection, so C{other_protocol_messages} and C{failed_sends}
+    are L{None}.
     """
 
     log = Logger()
@@ -531,7 +541,11 @@ class TcpRpc:
         self._inbound: set[PeerProtocol] = set()
         self._warnings: RateLimitedLog | None = None
         self._closed = False
+        self.invalid_messages = 0
+        self.other_protocol_messages = None
+        self.failed_sends = None
         self.dropped_outgoing = 0
+        self.refused_connections = 0
 
     @property
     def closed(self) -> bool:
@@ -555,11 +569,6 @@ class TcpRpc:
     def connected_peers(self) -> frozenset[str]:
         """Ids of the peers this node can send to now."""
         return frozenset(self._outbound)
-
-    @property
-    def invalid_messages(self) -> int:
-        """How many lines, connections or messages were refused as invalid."""
-        return 0 if self._warnings is None else self._warnings.dropped
 
     # -- IRpc -----------------------------------------------------------
 
@@ -700,6 +709,7 @@ class TcpRpc:
             hosts = Counter(_host(p) for p in self._pending)
             unproven = [p for p in self._pending if not p.proven]
             if not unproven:
+                self.refused_connections += 1
                 self._warn(
                     "refused a connection from {peer}: {count} handshakes already pending",
                     peer=protocol._describe(),
@@ -740,6 +750,7 @@ class TcpRpc:
 
     def _evict(self, victims: list[PeerProtocol]) -> None:
         for victim in victims:
+            self.refused_connections += 1
             self._warn(
                 "dropped a pending handshake from {peer} to make room: "
                 "{count} handshakes were pending",
@@ -790,26 +801,22 @@ class TcpRpc:
     def _deliver(self, protocol: PeerProtocol, message: Message) -> None:
         if self._closed:
             return
-        node, peer = self.node, protocol.peer_id
+        peer = protocol.peer_id
         # A peer speaks only for itself: it was authenticated as peer_id.
         if isinstance(message, VoteRequest):
             if message.candidate != peer:
                 raise LineError(f"a vote request for {message.candidate!r} from {peer!r}")
-            node.handle_vote_request(message)
         elif isinstance(message, Heartbeat):
             if message.leader != peer:
                 raise LineError(f"a heartbeat for {message.leader!r} from {peer!r}")
-            node.handle_heartbeat(message)
         elif isinstance(message, HeartbeatAck):
             if message.follower != peer:
                 raise LineError(f"an acknowledgement of {message.follower!r} from {peer!r}")
-            node.handle_heartbeat_ack(message)
         else:
             if message.voter not in ("", peer):
                 raise LineError(f"a vote of {message.voter!r} from {peer!r}")
-            node.handle_vote_response(
-                VoteResponse(message.term, message.granted, peer, message.pre_vote)
-            )
+            message = VoteResponse(message.term, message.granted, peer, message.pre_vote)
+        deliver(self.node, message)
 
     def _warn(self, format: str, key: str = "", **fields: Any) -> None:
         if self._warnings is not None:

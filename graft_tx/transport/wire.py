@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from google.protobuf.message import DecodeError
 
+from graft_tx.dispatch import Message
 from graft_tx.errors import GraftError, MessageError
 from graft_tx.messages import Heartbeat, HeartbeatAck, VoteRequest, VoteResponse
 from graft_tx.transport import graft_pb2 as pb
@@ -20,7 +21,6 @@ PROTOCOL = "graft-tx/1"
 # "" is what Go graft sends: it has no protocol field.
 KNOWN_PROTOCOLS = frozenset({"", PROTOCOL})
 
-Message = VoteRequest | VoteResponse | Heartbeat | HeartbeatAck
 M = TypeVar("M", VoteRequest, VoteResponse, Heartbeat, HeartbeatAck)
 
 
@@ -98,26 +98,6 @@ def read_heartbeat_ack(payload: bytes, cluster_size: int) -> tuple[HeartbeatAck,
     w = _parse(pb.HeartbeatAck(), payload, cluster_size)
     fields = (w.term, w.follower, w.seq, w.priority, w.window_us)
     return _checked(HeartbeatAck, *fields), w.protocol
-
-
-def decode_vote_request(payload: bytes, cluster_size: int) -> VoteRequest:
-    """Decode a VoteRequest for a cluster of C{cluster_size}; see L{_parse}."""
-    return read_vote_request(payload, cluster_size)[0]
-
-
-def decode_vote_response(payload: bytes, cluster_size: int) -> VoteResponse:
-    """Decode a VoteResponse for a cluster of C{cluster_size}; see L{_parse}."""
-    return read_vote_response(payload, cluster_size)[0]
-
-
-def decode_heartbeat(payload: bytes, cluster_size: int) -> Heartbeat:
-    """Decode a Heartbeat for a cluster of C{cluster_size}; see L{_parse}."""
-    return read_heartbeat(payload, cluster_size)[0]
-
-
-def decode_heartbeat_ack(payload: bytes, cluster_size: int) -> HeartbeatAck:
-    """Decode a HeartbeatAck for a cluster of C{cluster_size}; see L{_parse}."""
-    return read_heartbeat_ack(payload, cluster_size)[0]
 
 
 W = TypeVar("W", pb.VoteRequest, pb.VoteResponse, pb.Heartbeat, pb.HeartbeatAck)
