@@ -65,6 +65,7 @@ class NodeConfig:
 
     info: ClusterInfo
     state_path: str
+    # None: graft's defaults.
     timing: Timing = field(default_factory=Timing)
     node_id: str | None = None
     protocol: str = GRAFT_TX
@@ -83,6 +84,8 @@ class NodeConfig:
                 check_id("node_id", self.node_id)
             except MessageError as e:
                 raise NodeIdError(str(e)) from None
+        if self.timing is None:
+            object.__setattr__(self, "timing", Timing())
         if not isinstance(self.timing, Timing):
             raise TimingError(f"timing must be a graft_tx.Timing, not {self.timing!r}")
         if self.protocol not in PROTOCOLS:

@@ -1105,7 +1105,7 @@ def new(
     config = NodeConfig(
         info,
         log_path,  # type: ignore[arg-type]  # NodeConfig takes a PathLike too
-        timing if timing is not None else Timing(),
+        timing,  # type: ignore[arg-type]  # None: the defaults
         node_id,
         protocol,
         priority,

@@ -101,7 +101,7 @@ class GraftService(Service):
         self.config = NodeConfig(
             info,
             log_path,  # type: ignore[arg-type]  # NodeConfig takes a PathLike too
-            timing if timing is not None else Timing(),
+            timing,  # type: ignore[arg-type]  # None: the defaults
             node_id,
             protocol,
             priority,

@@ -355,8 +355,8 @@ def test_rpc_neither_transport_nor_factory_is_refused(tmp_path: Path, rpc: objec
     assert "factory" in str(info.value) and repr(rpc) in str(info.value)
 
 
-def test_factory_makes_a_transport_per_start(tmp_path: Path) -> None:
-    """A factory is called at each start; .rpc is None before, then the current or last one."""
+def factory_service(tmp_path: Path) -> tuple[Clock, list[MemoryRpc], GraftService]:
+    """A one-node service whose factory records each transport it makes."""
     clock = Clock()
     network = MemoryNetwork(clock)
     made: list[MemoryRpc] = []
@@ -368,6 +368,12 @@ def test_factory_makes_a_transport_per_start(tmp_path: Path) -> None:
     service = GraftService(
         ClusterInfo("solo", 1), QueueHandler(), factory, str(tmp_path / "s"), clock=clock
     )
+    return clock, made, service
+
+
+def test_factory_makes_a_transport_per_start(tmp_path: Path) -> None:
+    """A factory is called at each start; .rpc is None before, then the current or last one."""
+    clock, made, service = factory_service(tmp_path)
     assert service.rpc is None
     assert made == []
     for start in range(1, 4):
@@ -388,17 +394,7 @@ def test_factory_makes_a_transport_per_start(tmp_path: Path) -> None:
 
 def test_prepare_rpc_makes_the_first_transport_early(tmp_path: Path) -> None:
     """prepare_rpc makes the next start's transport now; that start uses it, the next does not."""
-    clock = Clock()
-    network = MemoryNetwork(clock)
-    made: list[MemoryRpc] = []
-
-    def factory() -> MemoryRpc:
-        made.append(network.rpc())
-        return made[-1]
-
-    service = GraftService(
-        ClusterInfo("solo", 1), QueueHandler(), factory, str(tmp_path / "s"), clock=clock
-    )
+    _clock, made, service = factory_service(tmp_path)
     first = service.prepare_rpc()
     assert service.prepare_rpc() is first
     assert made == [first] and service.rpc is first

@@ -1654,3 +1654,15 @@ def test_a_peer_heard_again_cuts_short_only_a_waiting_connector_that_may_reach_i
     outbound.delay(3)
     outbound.retry_now("b")
     assert service.restarts == 2
+
+
+@pytest.mark.parametrize(
+    ("listen", "backlog"),
+    [("tcp:7001:interface=127.0.0.1", 1024), ("tcp:7001:backlog=7", 7)],
+)
+def test_a_listen_string_gets_a_deep_backlog_unless_it_names_one(listen: str, backlog: int) -> None:
+    """A flood fills Twisted's default backlog of 50 and the kernel drops a peer's SYN: a
+    listen string without backlog= gets 1024, one with it keeps its own."""
+    rpc = TcpRpc(listen, ["tcp:host=127.0.0.1:port=7002"], reactor=MemoryReactorClock())
+    endpoint = rpc._server_endpoint()
+    assert endpoint._backlog == backlog  # type: ignore[attr-defined]
